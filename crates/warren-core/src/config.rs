@@ -1,0 +1,342 @@
+//! Typed configuration, read from TOML and validated once at start-up.
+//!
+//! Every key has a default, so an empty file (or none) is a working configuration: data
+//! under `./warren-data`, SQLite state, the process runtime and the built-in echo agent.
+//! Unknown keys are refused with a message that names them. Secrets come from the
+//! environment first (`WARREN_SIGNING_SECRET`), then the file; callers pass the
+//! environment in as a function so tests never touch the real one.
+//!
+//! `docs/config.md` is the reference of every key; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration::{ConfigDuration, SleepAfter};
+use crate::secret::Secret;
+
+/// The environment variable that overrides `auth.signing_secret`.
+pub const SIGNING_SECRET_ENV: &str = "WARREN_SIGNING_SECRET";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the gateway listens.
+    pub listen: SocketAddr,
+    /// Where tenants' workspaces, the state database and the generated secret live.
+    pub data_dir: PathBuf,
+    /// The base URL `warren token` prints; `http://<listen>` when unset.
+    pub public_url: Option<String>,
+    /// How many sandboxes may run at once.
+    pub max_instances: usize,
+    /// The size every sandbox gets (see [`INSTANCE_TYPES`]).
+    pub instance_type: String,
+    /// Idle time after which a sandbox is stopped; `never` keeps it warm.
+    pub sleep_after: SleepAfter,
+    pub auth: AuthConfig,
+    pub admission: AdmissionConfig,
+    pub runtime: RuntimeConfig,
+    pub agent: AgentConfig,
+    pub state: StateConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./warren-data"),
+            public_url: None,
+            max_instances: 10,
+            instance_type: "standard-4".into(),
+            sleep_after: SleepAfter::Idle(Duration::from_secs(600)),
+            auth: AuthConfig::default(),
+            admission: AdmissionConfig::default(),
+            runtime: RuntimeConfig::default(),
+            agent: AgentConfig::default(),
+            state: StateConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The HMAC key for signed URLs. `WARREN_SIGNING_SECRET` overrides it; when both are
+    /// absent, a secret is generated once and kept in `<data_dir>/signing-secret`.
+    pub signing_secret: Option<Secret>,
+    /// The cookie the gateway sets on first contact so later requests need no query.
+    pub cookie_name: String,
+    /// How long URLs from `warren token` stay valid by default.
+    pub token_ttl: ConfigDuration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            signing_secret: None,
+            cookie_name: "warren_session".into(),
+            token_ttl: ConfigDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Starts that may wait for a slot at once when every slot is busy; more get 503.
+    pub queue_limit: usize,
+    /// How long a start waits for a slot before it gets 503.
+    pub queue_timeout: ConfigDuration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self { queue_limit: 64, queue_timeout: ConfigDuration(Duration::from_secs(30)) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// Sandboxes are process trees on this machine.
+    Process,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub kind: RuntimeKind,
+    /// How long an agent may take to answer its readiness probe.
+    pub start_timeout: ConfigDuration,
+    /// How long a stopping agent gets between SIGTERM and SIGKILL.
+    pub stop_grace: ConfigDuration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            kind: RuntimeKind::Process,
+            start_timeout: ConfigDuration(Duration::from_secs(60)),
+            stop_grace: ConfigDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentKind {
+    /// The built-in echo agent (`warren echo-agent`).
+    Echo,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub kind: AgentKind,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self { kind: AgentKind::Echo }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub kind: StateKind,
+    /// The SQLite file; `<data_dir>/state.db` when unset.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { kind: StateKind::Sqlite, path: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `warren_gateway=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// A named sandbox size: the original's instance types.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InstanceType {
+    pub name: &'static str,
+    pub vcpu: f64,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+}
+
+/// The original's instance types (vCPU, memory, disk).
+pub const INSTANCE_TYPES: [InstanceType; 6] = [
+    InstanceType { name: "lite", vcpu: 1.0 / 16.0, memory_mib: 256, disk_gb: 2 },
+    InstanceType { name: "basic", vcpu: 0.25, memory_mib: 1024, disk_gb: 4 },
+    InstanceType { name: "standard-1", vcpu: 0.5, memory_mib: 4096, disk_gb: 8 },
+    InstanceType { name: "standard-2", vcpu: 1.0, memory_mib: 6144, disk_gb: 12 },
+    InstanceType { name: "standard-3", vcpu: 2.0, memory_mib: 8192, disk_gb: 16 },
+    InstanceType { name: "standard-4", vcpu: 4.0, memory_mib: 12288, disk_gb: 20 },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a config file, or the embedded defaults when `path` is `None`, then applies
+    /// environment overrides and validates the result.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?
+            }
+        };
+        if let Some(secret) = env(SIGNING_SECRET_ENV).filter(|s| !s.is_empty()) {
+            config.auth.signing_secret = Some(Secret::new(secret));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text. The message names the offending key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.max_instances == 0 {
+            return invalid("max_instances must be at least 1".into());
+        }
+        if self.instance_type().is_none() {
+            let names: Vec<_> = INSTANCE_TYPES.iter().map(|t| t.name).collect();
+            return invalid(format!("unknown instance_type {:?}; known: {}", self.instance_type, names.join(", ")));
+        }
+        if self.auth.cookie_name.is_empty() || !self.auth.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return invalid("auth.cookie_name must be non-empty ASCII letters, digits, '_' or '-'".into());
+        }
+        if self.auth.signing_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return invalid("the signing secret must be at least 16 bytes".into());
+        }
+        if self.runtime.start_timeout.0.is_zero() {
+            return invalid("runtime.start_timeout must be more than 0".into());
+        }
+        Ok(())
+    }
+
+    pub fn instance_type(&self) -> Option<&'static InstanceType> {
+        INSTANCE_TYPES.iter().find(|t| t.name == self.instance_type)
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.state.path.clone().unwrap_or_else(|| self.data_dir.join("state.db"))
+    }
+
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./warren-data"));
+        assert_eq!(c.max_instances, 10);
+        assert_eq!(c.instance_type().unwrap().memory_mib, 12288);
+        assert!(c.sleep_after == SleepAfter::Idle(Duration::from_secs(600)));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn reads_the_originals_settings() {
+        let c = Config::parse(
+            "listen = \"0.0.0.0:9000\"\nmax_instances = 2\ninstance_type = \"lite\"\nsleep_after = \"never\"\n\
+             [admission]\nqueue_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_instances, 2);
+        assert_eq!(c.instance_type().unwrap().name, "lite");
+        assert!(c.sleep_after == SleepAfter::Never);
+        assert_eq!(c.admission.queue_timeout.0, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::parse("max_instance = 3").unwrap_err();
+        assert!(err.contains("max_instance"), "{err}");
+        let err = Config::parse("[auth]\nsecret = \"x\"").unwrap_err();
+        assert!(err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::parse("sleep_after = \"soon\"").unwrap_err().contains("never"));
+        assert!(Config::parse("sleep_after = \"0s\"").is_err());
+        let c = Config::parse("instance_type = \"huge\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("huge"));
+        let c = Config::parse("max_instances = 0").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_environment_overrides_the_secret() {
+        let dir = std::env::temp_dir().join(format!("warren-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("warren.toml");
+        std::fs::write(&path, "[auth]\nsigning_secret = \"from-the-file-0123456789\"\n").unwrap();
+        let c = Config::load(Some(&path), no_env).unwrap();
+        assert_eq!(c.auth.signing_secret.unwrap().expose(), "from-the-file-0123456789");
+        let env = |k: &str| (k == SIGNING_SECRET_ENV).then(|| "from-the-environment-0123".to_owned());
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.auth.signing_secret.unwrap().expose(), "from-the-environment-0123");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,77 @@
+//! Stable error codes. A client sees an HTTP status, one of these codes and a message;
+//! the codes never change meaning once shipped, so clients may branch on them.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    AuthMissing,
+    AuthMalformed,
+    AuthInvalidUserId,
+    AuthBadSignature,
+    AuthExpired,
+    /// Every sandbox slot is busy and the admission queue is full or timed out.
+    CapacityExhausted,
+    /// The sandbox did not become ready, or exited while starting.
+    SandboxStartFailed,
+    /// The sandbox was reachable but the request to it failed.
+    SandboxUnreachable,
+    /// The gateway is shutting down.
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::AuthMissing => "auth_missing",
+            ErrorCode::AuthMalformed => "auth_malformed",
+            ErrorCode::AuthInvalidUserId => "auth_invalid_user_id",
+            ErrorCode::AuthBadSignature => "auth_bad_signature",
+            ErrorCode::AuthExpired => "auth_expired",
+            ErrorCode::CapacityExhausted => "capacity_exhausted",
+            ErrorCode::SandboxStartFailed => "sandbox_start_failed",
+            ErrorCode::SandboxUnreachable => "sandbox_unreachable",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status this code is served with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::AuthMissing
+            | ErrorCode::AuthMalformed
+            | ErrorCode::AuthInvalidUserId
+            | ErrorCode::AuthBadSignature
+            | ErrorCode::AuthExpired => 401,
+            ErrorCode::CapacityExhausted | ErrorCode::ShuttingDown => 503,
+            ErrorCode::SandboxStartFailed | ErrorCode::SandboxUnreachable => 502,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// Whether the same request may succeed if retried later.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::CapacityExhausted
+                | ErrorCode::SandboxStartFailed
+                | ErrorCode::SandboxUnreachable
+                | ErrorCode::ShuttingDown
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_code_matches_as_str() {
+        for code in [ErrorCode::AuthMissing, ErrorCode::CapacityExhausted, ErrorCode::AuthInvalidUserId] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The life of a sandbox, as the state store records it and `/api/status` reports it.
+
+use serde::Serialize;
+
+/// Where a tenant's sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    /// No sandbox runs; the next request starts one.
+    Asleep,
+    /// Admission, creation or the readiness probe is under way.
+    Starting,
+    /// The agent answered its readiness probe; requests are proxied.
+    Ready,
+    /// The sandbox is being stopped.
+    Stopping,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Asleep => "asleep",
+            SandboxState::Starting => "starting",
+            SandboxState::Ready => "ready",
+            SandboxState::Stopping => "stopping",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Asleep, Self::Starting, Self::Ready, Self::Stopping].into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+/// Why a sandbox stopped, or failed to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// Idle for `sleep_after`.
+    Idle,
+    /// Evicted to make room for another tenant at `max_instances`.
+    Eviction,
+    /// The agent exited on its own.
+    Crash,
+    /// The agent never became ready.
+    StartFailed,
+    /// The gateway shut down.
+    Shutdown,
+}
+
+impl StopCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopCause::Idle => "idle",
+            StopCause::Eviction => "eviction",
+            StopCause::Crash => "crash",
+            StopCause::StartFailed => "start_failed",
+            StopCause::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Idle, Self::Eviction, Self::Crash, Self::StartFailed, Self::Shutdown]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in [SandboxState::Asleep, SandboxState::Starting, SandboxState::Ready, SandboxState::Stopping] {
+            assert_eq!(SandboxState::parse(s.as_str()), Some(s));
+        }
+        for c in [StopCause::Idle, StopCause::Eviction, StopCause::Crash, StopCause::StartFailed, StopCause::Shutdown] {
+            assert_eq!(StopCause::parse(c.as_str()), Some(c));
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Runtimes start and stop sandboxes. The gateway's tenant actor is their only caller,
+//! and it guarantees at most one live sandbox per tenant; a runtime only has to do what
+//! it is told and report, truthfully, when a sandbox ends.
+//!
+//! A sandbox is started detached from the gateway (its own process group, output to a
+//! file, no pipes), so that it need not die with the gateway: the identity a runtime
+//! returns is enough to find the same sandbox again later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use warren_core::TenantId;
+
+pub mod process;
+
+pub use process::ProcessRuntime;
+
+/// What to run for one tenant.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub tenant: TenantId,
+    /// Counts the tenant's starts, so a late exit of an older sandbox is told apart.
+    pub generation: u64,
+    /// The agent's program and arguments.
+    pub command: Vec<String>,
+    /// The only environment the agent sees, besides what the runtime adds
+    /// (`WARREN_TENANT_ID`, `WARREN_WORKSPACE`, `WARREN_AGENT_ADDR`, `HOME`, `PATH`).
+    pub env: Vec<(String, String)>,
+}
+
+/// How a sandbox ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited by itself with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// A sandbox a runtime started.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub tenant: TenantId,
+    pub generation: u64,
+    /// Where the agent listens (reachable from the gateway only).
+    pub address: SocketAddr,
+    pub pid: u32,
+    /// The process start time in clock ticks since boot, to tell this process from a
+    /// later one that reused its pid.
+    pub pid_start_ticks: u64,
+    pub workspace: PathBuf,
+    /// Becomes `Some` once, when the sandbox has ended.
+    pub exited: watch::Receiver<Option<Exit>>,
+}
+
+impl Sandbox {
+    /// Waits until the sandbox has ended.
+    pub async fn wait(&self) -> Exit {
+        let mut rx = self.exited.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(exit) => exit.clone().expect("wait_for returned Some"),
+            // The waiter is gone only if the runtime itself is gone.
+            Err(_) => Exit::Signal(nix::sys::signal::Signal::SIGKILL as i32),
+        }
+    }
+
+    pub fn has_exited(&self) -> Option<Exit> {
+        self.exited.borrow().clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot prepare the workspace {path}: {source}")]
+    Workspace { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the agent: {0}")]
+    Spawn(std::io::Error),
+    #[error("the agent command is empty")]
+    EmptyCommand,
+    #[error("cannot signal the sandbox: {0}")]
+    Signal(nix::Error),
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates the sandbox and starts its agent. Returns once the process exists; the
+    /// caller probes readiness.
+    async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError>;
+
+    /// Stops the sandbox: SIGTERM, then SIGKILL after `grace`. Returns how it ended.
+    async fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<Exit, RuntimeError>;
+
+    /// The workspace directory of a tenant, whether or not its sandbox runs.
+    fn workspace(&self, tenant: &TenantId) -> PathBuf;
+}

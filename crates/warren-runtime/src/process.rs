@@ -1,0 +1,201 @@
+//! The process runtime: each sandbox is a process group on this machine, started
+//! detached (`setpgid`, output to `<tenant dir>/agent.log`, stdin closed) with a clean
+//! environment that holds only what the spec names. Issue 4 adds namespaces and cgroup
+//! limits; the layout below is already the one they will use.
+//!
+//! ```text
+//! <data_dir>/tenants/<tenant>/workspace/   the agent's working directory and HOME
+//! <data_dir>/tenants/<tenant>/agent.log    the agent's stdout and stderr
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::sync::watch;
+use warren_core::TenantId;
+
+use crate::{Exit, Runtime, RuntimeError, Sandbox, SandboxSpec};
+
+pub struct ProcessRuntime {
+    tenants_dir: PathBuf,
+}
+
+impl ProcessRuntime {
+    pub fn new(data_dir: &Path) -> Self {
+        Self { tenants_dir: data_dir.join("tenants") }
+    }
+
+    fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
+        // Tenant ids are validated to be a single safe path component.
+        self.tenants_dir.join(tenant.as_str())
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago. The agent binds it itself; a
+/// collision shows up as a start that fails its probe, and the next start picks again.
+fn free_loopback_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The start time of a process in clock ticks since boot: field 22 of
+/// `/proc/<pid>/stat`, read after the last `)` since the command name may hold spaces.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn exit_of(status: std::process::ExitStatus) -> Exit {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(sig)) => Exit::Signal(sig),
+        (None, None) => Exit::Code(-1),
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        let (program, args) = spec.command.split_first().ok_or(RuntimeError::EmptyCommand)?;
+        let dir = self.tenant_dir(&spec.tenant);
+        let workspace = dir.join("workspace");
+        let prepare = |path: &Path| RuntimeError::Workspace { path: path.to_owned(), source: std::io::Error::last_os_error() };
+        std::fs::create_dir_all(&workspace).map_err(|source| RuntimeError::Workspace { path: workspace.clone(), source })?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .map_err(|_| prepare(&dir))?;
+        let log_err = log.try_clone().map_err(|_| prepare(&dir))?;
+
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_loopback_port().map_err(RuntimeError::Spawn)?));
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &workspace)
+            .env("WARREN_TENANT_ID", spec.tenant.as_str())
+            .env("WARREN_WORKSPACE", &workspace)
+            .env("WARREN_AGENT_ADDR", address.to_string())
+            .current_dir(&workspace)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
+        let pid = child.id().ok_or_else(|| RuntimeError::Spawn(std::io::Error::other("the agent exited at once")))?;
+        let pid_start_ticks = process_start_ticks(pid).unwrap_or(0);
+
+        let (tx, exited) = watch::channel(None);
+        let tenant = spec.tenant.clone();
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => exit_of(status),
+                Err(e) => {
+                    tracing::warn!(%tenant, pid, error = %e, "cannot wait for the agent");
+                    Exit::Code(-1)
+                }
+            };
+            tx.send_replace(Some(exit));
+        });
+
+        Ok(Sandbox {
+            tenant: spec.tenant.clone(),
+            generation: spec.generation,
+            address,
+            pid,
+            pid_start_ticks,
+            workspace,
+            exited,
+        })
+    }
+
+    async fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<Exit, RuntimeError> {
+        if let Some(exit) = sandbox.has_exited() {
+            return Ok(exit);
+        }
+        let group = Pid::from_raw(sandbox.pid as i32);
+        // ESRCH: the group is already gone; the waiter reports the exit.
+        match killpg(group, Signal::SIGTERM) {
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(e) => return Err(RuntimeError::Signal(e)),
+        }
+        if let Ok(exit) = tokio::time::timeout(grace, sandbox.wait()).await {
+            return Ok(exit);
+        }
+        tracing::info!(tenant = %sandbox.tenant, pid = sandbox.pid, "agent ignored SIGTERM; killing it");
+        match killpg(group, Signal::SIGKILL) {
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(e) => return Err(RuntimeError::Signal(e)),
+        }
+        Ok(sandbox.wait().await)
+    }
+
+    fn workspace(&self, tenant: &TenantId) -> PathBuf {
+        self.tenant_dir(tenant).join("workspace")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(tenant: &str, script: &str) -> SandboxSpec {
+        SandboxSpec {
+            tenant: TenantId::parse(tenant).unwrap(),
+            generation: 1,
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec![("AGENT_TOKEN".into(), "t".into())],
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_an_exit_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        let sandbox = rt.start(&spec("user_a", "exit 3")).await.unwrap();
+        assert_eq!(sandbox.wait().await, Exit::Code(3));
+    }
+
+    #[tokio::test]
+    async fn stop_kills_an_agent_that_ignores_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        // The child shell traps TERM; the whole group still goes with SIGKILL.
+        let sandbox = rt.start(&spec("user_a", "trap '' TERM; while :; do sleep 1; done")).await.unwrap();
+        assert!(sandbox.pid_start_ticks > 0, "the start time identifies the process");
+        let exit = rt.stop(&sandbox, Duration::from_millis(200)).await.unwrap();
+        assert_eq!(exit, Exit::Signal(Signal::SIGKILL as i32));
+    }
+
+    #[tokio::test]
+    async fn the_agent_sees_only_the_environment_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        // SAFETY-free check: a variable of the test process must not leak into the agent.
+        let sandbox = rt.start(&spec("user_a", "env > env.txt")).await.unwrap();
+        assert_eq!(sandbox.wait().await, Exit::Code(0));
+        let env = std::fs::read_to_string(sandbox.workspace.join("env.txt")).unwrap();
+        let mut names: Vec<_> = env.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
+        names.sort();
+        names.retain(|n| *n != "PWD" && *n != "SHLVL" && *n != "_");
+        assert_eq!(names, ["AGENT_TOKEN", "HOME", "PATH", "WARREN_AGENT_ADDR", "WARREN_TENANT_ID", "WARREN_WORKSPACE"]);
+    }
+
+    #[test]
+    fn reads_its_own_start_time() {
+        let me = std::process::id();
+        assert!(process_start_ticks(me).unwrap() > 0);
+        assert_eq!(process_start_ticks(u32::MAX), None);
+    }
+}
