@@ -46,7 +46,9 @@ pub enum Source {
 /// Why a request is not authenticated. Each maps to its own stable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no credentials: pass userId, exp and sig as query parameters, a Bearer header or the session cookie")]
+    #[error(
+        "no credentials: pass userId, exp and sig as query parameters, a Bearer header or the session cookie"
+    )]
     Missing,
     #[error("credentials are malformed")]
     Malformed,
@@ -78,11 +80,14 @@ pub struct Signer {
 
 impl Signer {
     pub fn new(secret: &[u8]) -> Self {
-        Self { key: secret.to_vec() }
+        Self {
+            key: secret.to_vec(),
+        }
     }
 
     fn mac(&self, user_id: &str, exp: u64) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        let mut mac =
+            HmacSha256::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
         mac.update(user_id.as_bytes());
         mac.update(b".");
         mac.update(exp.to_string().as_bytes());
@@ -111,7 +116,9 @@ impl Signer {
     /// as forged whatever its `exp`.
     pub fn verify(&self, cred: &Credential, now: u64) -> Result<TenantId, AuthError> {
         let user = TenantId::parse(&cred.user_id).map_err(|_| AuthError::InvalidUserId)?;
-        let sig = URL_SAFE_NO_PAD.decode(cred.sig.as_bytes()).map_err(|_| AuthError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(cred.sig.as_bytes())
+            .map_err(|_| AuthError::Malformed)?;
         self.mac(user.as_str(), cred.exp)
             .verify_slice(&sig)
             .map_err(|_| AuthError::BadSignature)?;
@@ -174,7 +181,12 @@ fn from_query(query: &str) -> Result<Option<Credential>, AuthError> {
         return Err(AuthError::Malformed);
     };
     let user_id = percent_decode(user_id).ok_or(AuthError::Malformed)?;
-    Ok(Some(Credential { user_id, exp: parse_exp(exp)?, sig: sig.to_owned(), source: Source::Query }))
+    Ok(Some(Credential {
+        user_id,
+        exp: parse_exp(exp)?,
+        sig: sig.to_owned(),
+        source: Source::Query,
+    }))
 }
 
 /// A credential from `<userId>.<exp>.<sig>`. The user id may hold dots; `exp` and
@@ -184,7 +196,12 @@ fn from_token(token: &str, source: Source) -> Result<Credential, AuthError> {
     let (Some(sig), Some(exp), Some(user_id)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(AuthError::Malformed);
     };
-    Ok(Credential { user_id: user_id.to_owned(), exp: parse_exp(exp)?, sig: sig.to_owned(), source })
+    Ok(Credential {
+        user_id: user_id.to_owned(),
+        exp: parse_exp(exp)?,
+        sig: sig.to_owned(),
+        source,
+    })
 }
 
 fn parse_exp(raw: &str) -> Result<u64, AuthError> {
@@ -251,7 +268,12 @@ mod tests {
     }
 
     fn cred(user_id: &str, exp: u64, sig: &str) -> Credential {
-        Credential { user_id: user_id.into(), exp, sig: sig.into(), source: Source::Query }
+        Credential {
+            user_id: user_id.into(),
+            exp,
+            sig: sig.into(),
+            source: Source::Query,
+        }
     }
 
     #[test]
@@ -266,25 +288,60 @@ mod tests {
     fn verify_distinguishes_every_failure() {
         let signer = Signer::new(b"k");
         let sig = signer.sign(&user("user_a"), 100);
-        assert_eq!(signer.verify(&cred("user_a", 100, &sig), 100).unwrap(), user("user_a"));
-        assert_eq!(signer.verify(&cred("user_a", 100, &sig), 101), Err(AuthError::Expired));
-        assert_eq!(signer.verify(&cred("user_b", 100, &sig), 50), Err(AuthError::BadSignature));
-        assert_eq!(signer.verify(&cred("user_a", 101, &sig), 50), Err(AuthError::BadSignature));
+        assert_eq!(
+            signer.verify(&cred("user_a", 100, &sig), 100).unwrap(),
+            user("user_a")
+        );
+        assert_eq!(
+            signer.verify(&cred("user_a", 100, &sig), 101),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            signer.verify(&cred("user_b", 100, &sig), 50),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            signer.verify(&cred("user_a", 101, &sig), 50),
+            Err(AuthError::BadSignature)
+        );
         let other = Signer::new(b"other").sign(&user("user_a"), 100);
-        assert_eq!(signer.verify(&cred("user_a", 100, &other), 50), Err(AuthError::BadSignature));
-        assert_eq!(signer.verify(&cred("user_a", 100, "not base64!"), 50), Err(AuthError::Malformed));
-        assert_eq!(signer.verify(&cred("../x", 100, &sig), 50), Err(AuthError::InvalidUserId));
+        assert_eq!(
+            signer.verify(&cred("user_a", 100, &other), 50),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            signer.verify(&cred("user_a", 100, "not base64!"), 50),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            signer.verify(&cred("../x", 100, &sig), 50),
+            Err(AuthError::InvalidUserId)
+        );
         // Padding is not part of the scheme.
-        assert_eq!(signer.verify(&cred("user_a", 100, &format!("{sig}=")), 50), Err(AuthError::Malformed));
+        assert_eq!(
+            signer.verify(&cred("user_a", 100, &format!("{sig}=")), 50),
+            Err(AuthError::Malformed)
+        );
     }
 
     #[test]
     fn finds_credentials_in_query_header_and_cookie() {
         let q = find_credential(Some("a=1&userId=user_a&exp=5&sig=xyz"), None, [], "s").unwrap();
-        assert_eq!(q, Credential { user_id: "user_a".into(), exp: 5, sig: "xyz".into(), source: Source::Query });
+        assert_eq!(
+            q,
+            Credential {
+                user_id: "user_a".into(),
+                exp: 5,
+                sig: "xyz".into(),
+                source: Source::Query
+            }
+        );
 
         let h = find_credential(None, Some("Bearer user.a.5.xyz"), [], "s").unwrap();
-        assert_eq!((h.user_id.as_str(), h.exp, h.sig.as_str(), h.source), ("user.a", 5, "xyz", Source::Header));
+        assert_eq!(
+            (h.user_id.as_str(), h.exp, h.sig.as_str(), h.source),
+            ("user.a", 5, "xyz", Source::Header)
+        );
 
         let c = find_credential(Some("x=1"), None, ["a=b; s=user_a.5.xyz"], "s").unwrap();
         assert_eq!((c.user_id.as_str(), c.source), ("user_a", Source::Cookie));
@@ -296,16 +353,42 @@ mod tests {
 
     #[test]
     fn refuses_missing_and_malformed_credentials() {
-        assert_eq!(find_credential(None, None, [], "s"), Err(AuthError::Missing));
-        assert_eq!(find_credential(Some("a=1"), None, ["t=1"], "s"), Err(AuthError::Missing));
-        for q in ["userId=a&exp=1", "userId=a&sig=x", "exp=1&sig=x", "userId=a&exp=x&sig=y",
-                  "userId=a&exp=-1&sig=y", "userId=a&userId=b&exp=1&sig=y", "userId=%zz&exp=1&sig=y",
-                  "userId=a&exp=99999999999999999999&sig=y"] {
-            assert_eq!(find_credential(Some(q), None, [], "s"), Err(AuthError::Malformed), "{q}");
+        assert_eq!(
+            find_credential(None, None, [], "s"),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            find_credential(Some("a=1"), None, ["t=1"], "s"),
+            Err(AuthError::Missing)
+        );
+        for q in [
+            "userId=a&exp=1",
+            "userId=a&sig=x",
+            "exp=1&sig=x",
+            "userId=a&exp=x&sig=y",
+            "userId=a&exp=-1&sig=y",
+            "userId=a&userId=b&exp=1&sig=y",
+            "userId=%zz&exp=1&sig=y",
+            "userId=a&exp=99999999999999999999&sig=y",
+        ] {
+            assert_eq!(
+                find_credential(Some(q), None, [], "s"),
+                Err(AuthError::Malformed),
+                "{q}"
+            );
         }
-        assert_eq!(find_credential(None, Some("Basic abc"), [], "s"), Err(AuthError::Malformed));
-        assert_eq!(find_credential(None, Some("Bearer nodots"), [], "s"), Err(AuthError::Malformed));
-        assert_eq!(find_credential(None, None, ["s=a.b"], "s"), Err(AuthError::Malformed));
+        assert_eq!(
+            find_credential(None, Some("Basic abc"), [], "s"),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            find_credential(None, Some("Bearer nodots"), [], "s"),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            find_credential(None, None, ["s=a.b"], "s"),
+            Err(AuthError::Malformed)
+        );
     }
 
     #[test]
@@ -313,15 +396,27 @@ mod tests {
         let c = find_credential(Some("userId=user%5Fa&exp=1&sig=x"), None, [], "s").unwrap();
         assert_eq!(c.user_id, "user_a");
         let c = find_credential(Some("userId=..%2Fetc&exp=1&sig=x"), None, [], "s").unwrap();
-        assert_eq!(Signer::new(b"k").verify(&c, 0), Err(AuthError::InvalidUserId));
+        assert_eq!(
+            Signer::new(b"k").verify(&c, 0),
+            Err(AuthError::InvalidUserId)
+        );
         let c = find_credential(Some("userId=a%00b&exp=1&sig=x"), None, [], "s").unwrap();
-        assert_eq!(Signer::new(b"k").verify(&c, 0), Err(AuthError::InvalidUserId));
+        assert_eq!(
+            Signer::new(b"k").verify(&c, 0),
+            Err(AuthError::InvalidUserId)
+        );
     }
 
     #[test]
     fn strips_only_the_credential_from_a_query() {
         assert_eq!(strip_credential_params("userId=a&exp=1&sig=x"), None);
-        assert_eq!(strip_credential_params("q=1&userId=a&exp=1&sig=x&r=2").as_deref(), Some("q=1&r=2"));
-        assert_eq!(strip_credential_params("userIdx=1").as_deref(), Some("userIdx=1"));
+        assert_eq!(
+            strip_credential_params("q=1&userId=a&exp=1&sig=x&r=2").as_deref(),
+            Some("q=1&r=2")
+        );
+        assert_eq!(
+            strip_credential_params("userIdx=1").as_deref(),
+            Some("userIdx=1")
+        );
     }
 }

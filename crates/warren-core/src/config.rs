@@ -95,7 +95,10 @@ pub struct AdmissionConfig {
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
-        Self { queue_limit: 64, queue_timeout: ConfigDuration(Duration::from_secs(30)) }
+        Self {
+            queue_limit: 64,
+            queue_timeout: ConfigDuration(Duration::from_secs(30)),
+        }
     }
 }
 
@@ -141,7 +144,9 @@ pub struct AgentConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        Self { kind: AgentKind::Echo }
+        Self {
+            kind: AgentKind::Echo,
+        }
     }
 }
 
@@ -161,7 +166,10 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { kind: StateKind::Sqlite, path: None }
+        Self {
+            kind: StateKind::Sqlite,
+            path: None,
+        }
     }
 }
 
@@ -182,7 +190,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -197,18 +208,51 @@ pub struct InstanceType {
 
 /// The original's instance types (vCPU, memory, disk).
 pub const INSTANCE_TYPES: [InstanceType; 6] = [
-    InstanceType { name: "lite", vcpu: 1.0 / 16.0, memory_mib: 256, disk_gb: 2 },
-    InstanceType { name: "basic", vcpu: 0.25, memory_mib: 1024, disk_gb: 4 },
-    InstanceType { name: "standard-1", vcpu: 0.5, memory_mib: 4096, disk_gb: 8 },
-    InstanceType { name: "standard-2", vcpu: 1.0, memory_mib: 6144, disk_gb: 12 },
-    InstanceType { name: "standard-3", vcpu: 2.0, memory_mib: 8192, disk_gb: 16 },
-    InstanceType { name: "standard-4", vcpu: 4.0, memory_mib: 12288, disk_gb: 20 },
+    InstanceType {
+        name: "lite",
+        vcpu: 1.0 / 16.0,
+        memory_mib: 256,
+        disk_gb: 2,
+    },
+    InstanceType {
+        name: "basic",
+        vcpu: 0.25,
+        memory_mib: 1024,
+        disk_gb: 4,
+    },
+    InstanceType {
+        name: "standard-1",
+        vcpu: 0.5,
+        memory_mib: 4096,
+        disk_gb: 8,
+    },
+    InstanceType {
+        name: "standard-2",
+        vcpu: 1.0,
+        memory_mib: 6144,
+        disk_gb: 12,
+    },
+    InstanceType {
+        name: "standard-3",
+        vcpu: 2.0,
+        memory_mib: 8192,
+        disk_gb: 16,
+    },
+    InstanceType {
+        name: "standard-4",
+        vcpu: 4.0,
+        memory_mib: 12288,
+        disk_gb: 20,
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config: {0}")]
@@ -218,13 +262,21 @@ pub enum ConfigError {
 impl Config {
     /// Reads a config file, or the embedded defaults when `path` is `None`, then applies
     /// environment overrides and validates the result.
-    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut config = match path {
             None => Config::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message,
+                })?
             }
         };
         if let Some(secret) = env(SIGNING_SECRET_ENV).filter(|s| !s.is_empty()) {
@@ -246,12 +298,29 @@ impl Config {
         }
         if self.instance_type().is_none() {
             let names: Vec<_> = INSTANCE_TYPES.iter().map(|t| t.name).collect();
-            return invalid(format!("unknown instance_type {:?}; known: {}", self.instance_type, names.join(", ")));
+            return invalid(format!(
+                "unknown instance_type {:?}; known: {}",
+                self.instance_type,
+                names.join(", ")
+            ));
         }
-        if self.auth.cookie_name.is_empty() || !self.auth.cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return invalid("auth.cookie_name must be non-empty ASCII letters, digits, '_' or '-'".into());
+        if self.auth.cookie_name.is_empty()
+            || !self
+                .auth
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return invalid(
+                "auth.cookie_name must be non-empty ASCII letters, digits, '_' or '-'".into(),
+            );
         }
-        if self.auth.signing_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+        if self
+            .auth
+            .signing_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 16)
+        {
             return invalid("the signing secret must be at least 16 bytes".into());
         }
         if self.runtime.start_timeout.0.is_zero() {
@@ -265,7 +334,10 @@ impl Config {
     }
 
     pub fn state_path(&self) -> PathBuf {
-        self.state.path.clone().unwrap_or_else(|| self.data_dir.join("state.db"))
+        self.state
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("state.db"))
     }
 
     pub fn public_url(&self) -> String {
@@ -318,7 +390,11 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(Config::parse("sleep_after = \"soon\"").unwrap_err().contains("never"));
+        assert!(
+            Config::parse("sleep_after = \"soon\"")
+                .unwrap_err()
+                .contains("never")
+        );
         assert!(Config::parse("sleep_after = \"0s\"").is_err());
         let c = Config::parse("instance_type = \"huge\"").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("huge"));
@@ -331,12 +407,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("warren-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("warren.toml");
-        std::fs::write(&path, "[auth]\nsigning_secret = \"from-the-file-0123456789\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[auth]\nsigning_secret = \"from-the-file-0123456789\"\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&path), no_env).unwrap();
-        assert_eq!(c.auth.signing_secret.unwrap().expose(), "from-the-file-0123456789");
-        let env = |k: &str| (k == SIGNING_SECRET_ENV).then(|| "from-the-environment-0123".to_owned());
+        assert_eq!(
+            c.auth.signing_secret.unwrap().expose(),
+            "from-the-file-0123456789"
+        );
+        let env =
+            |k: &str| (k == SIGNING_SECRET_ENV).then(|| "from-the-environment-0123".to_owned());
         let c = Config::load(Some(&path), env).unwrap();
-        assert_eq!(c.auth.signing_secret.unwrap().expose(), "from-the-environment-0123");
+        assert_eq!(
+            c.auth.signing_secret.unwrap().expose(),
+            "from-the-environment-0123"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

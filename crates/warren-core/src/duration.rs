@@ -11,16 +11,20 @@ pub fn parse(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration {raw:?}: expected a number and a unit, like 30s or 10m"))?;
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("invalid duration {raw:?}: expected a number and a unit, like 30s or 10m")
+    })?;
     let millis = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
-        _ => return Err(format!("invalid duration {raw:?}: the unit must be ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "invalid duration {raw:?}: the unit must be ms, s, m, h or d"
+            ));
+        }
     };
     millis
         .map(Duration::from_millis)
@@ -30,7 +34,12 @@ pub fn parse(raw: &str) -> Result<Duration, String> {
 /// Formats a duration the way `parse` reads it, choosing the largest exact unit.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms > 0 && ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }
@@ -45,7 +54,9 @@ pub struct ConfigDuration(pub Duration);
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        parse(&raw).map(ConfigDuration).map_err(serde::de::Error::custom)
+        parse(&raw)
+            .map(ConfigDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -69,7 +80,9 @@ impl<'de> Deserialize<'de> for SleepAfter {
             return Ok(SleepAfter::Never);
         }
         match parse(&raw) {
-            Ok(d) if d.is_zero() => Err(serde::de::Error::custom("sleep_after must be more than 0, or \"never\"")),
+            Ok(d) if d.is_zero() => Err(serde::de::Error::custom(
+                "sleep_after must be more than 0, or \"never\"",
+            )),
             Ok(d) => Ok(SleepAfter::Idle(d)),
             Err(e) => Err(serde::de::Error::custom(format!("{e}, or \"never\""))),
         }

@@ -70,8 +70,15 @@ mod tests {
 
     #[test]
     fn serialized_code_matches_as_str() {
-        for code in [ErrorCode::AuthMissing, ErrorCode::CapacityExhausted, ErrorCode::AuthInvalidUserId] {
-            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        for code in [
+            ErrorCode::AuthMissing,
+            ErrorCode::CapacityExhausted,
+            ErrorCode::AuthInvalidUserId,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
         }
     }
 }

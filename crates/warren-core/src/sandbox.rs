@@ -27,7 +27,9 @@ impl SandboxState {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        [Self::Asleep, Self::Starting, Self::Ready, Self::Stopping].into_iter().find(|s| s.as_str() == raw)
+        [Self::Asleep, Self::Starting, Self::Ready, Self::Stopping]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
     }
 }
 
@@ -59,9 +61,15 @@ impl StopCause {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        [Self::Idle, Self::Eviction, Self::Crash, Self::StartFailed, Self::Shutdown]
-            .into_iter()
-            .find(|s| s.as_str() == raw)
+        [
+            Self::Idle,
+            Self::Eviction,
+            Self::Crash,
+            Self::StartFailed,
+            Self::Shutdown,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
     }
 }
 
@@ -71,10 +79,21 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for s in [SandboxState::Asleep, SandboxState::Starting, SandboxState::Ready, SandboxState::Stopping] {
+        for s in [
+            SandboxState::Asleep,
+            SandboxState::Starting,
+            SandboxState::Ready,
+            SandboxState::Stopping,
+        ] {
             assert_eq!(SandboxState::parse(s.as_str()), Some(s));
         }
-        for c in [StopCause::Idle, StopCause::Eviction, StopCause::Crash, StopCause::StartFailed, StopCause::Shutdown] {
+        for c in [
+            StopCause::Idle,
+            StopCause::Eviction,
+            StopCause::Crash,
+            StopCause::StartFailed,
+            StopCause::Shutdown,
+        ] {
             assert_eq!(StopCause::parse(c.as_str()), Some(c));
         }
     }

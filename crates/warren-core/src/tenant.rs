@@ -66,7 +66,13 @@ mod tests {
 
     #[test]
     fn accepts_the_original_ids_and_shared() {
-        for ok in ["user_2abc", "shared", "user-1.backup", "A", &"a".repeat(MAX_LEN)] {
+        for ok in [
+            "user_2abc",
+            "shared",
+            "user-1.backup",
+            "A",
+            &"a".repeat(MAX_LEN),
+        ] {
             assert_eq!(TenantId::parse(ok).unwrap().as_str(), ok);
         }
     }
@@ -91,6 +97,9 @@ mod tests {
             assert_eq!(TenantId::parse(raw).unwrap_err(), *want, "{raw:?}");
         }
         let long = "a".repeat(MAX_LEN + 1);
-        assert_eq!(TenantId::parse(&long).unwrap_err(), InvalidTenantId::TooLong);
+        assert_eq!(
+            TenantId::parse(&long).unwrap_err(),
+            InvalidTenantId::TooLong
+        );
     }
 }

@@ -1,1 +1,103 @@
+//! The gateway: one authenticating edge in front of every tenant's sandbox.
+//!
+//! Requests flow one way: `edge` authenticates and routes, `tenant` (one actor per
+//! tenant) starts the sandbox through `admission` and the runtime, and `proxy` carries
+//! bytes to the agent. Every sandbox transition is written to the state store.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use warren_core::auth::Signer;
+use warren_core::config::Config;
+use warren_runtime::Runtime;
+use warren_state::StateStore;
+
+pub mod admission;
+pub mod edge;
+pub mod error;
+pub mod probe;
+pub mod proxy;
+pub mod serve;
+pub mod tenant;
+pub mod websocket;
+
+pub use serve::Gateway;
+
+/// What every part of the gateway shares.
+pub struct Context {
+    pub config: Config,
+    pub signer: Signer,
+    pub state: Arc<dyn StateStore>,
+    pub runtime: Arc<dyn Runtime>,
+    pub admission: Arc<admission::Admission>,
+    /// Pooled HTTP/1.1 connections to sandboxes.
+    pub client: Client<HttpConnector, Body>,
+    /// The agent's program and arguments, run in every sandbox.
+    pub agent_command: Vec<String>,
+    /// The monotonic origin of activity clocks.
+    pub epoch: Instant,
+    generations: AtomicU64,
+}
+
+impl Context {
+    pub fn new(
+        config: Config,
+        signer: Signer,
+        state: Arc<dyn StateStore>,
+        runtime: Arc<dyn Runtime>,
+        agent_command: Vec<String>,
+    ) -> Self {
+        let admission = Arc::new(admission::Admission::new(
+            config.max_instances,
+            config.admission.queue_limit,
+            config.admission.queue_timeout.0,
+        ));
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector);
+        Self {
+            config,
+            signer,
+            state,
+            runtime,
+            admission,
+            client,
+            agent_command,
+            epoch: Instant::now(),
+            // Generations only need to grow across restarts; start from the wall clock.
+            generations: AtomicU64::new(unix_ms()),
+        }
+    }
+
+    /// A number no earlier sandbox of this deployment had.
+    pub fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Milliseconds since `epoch`, for activity clocks.
+    pub fn mono_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, for records and events.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Sleeps until `deadline`, or forever when there is none (for `select!` arms).
+pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -84,7 +84,10 @@ impl Sandbox {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("cannot prepare the workspace {path}: {source}")]
-    Workspace { path: PathBuf, source: std::io::Error },
+    Workspace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the agent: {0}")]
     Spawn(std::io::Error),
     #[error("the agent command is empty")]

@@ -29,7 +29,9 @@ pub struct ProcessRuntime {
 
 impl ProcessRuntime {
     pub fn new(data_dir: &Path) -> Self {
-        Self { tenants_dir: data_dir.join("tenants") }
+        Self {
+            tenants_dir: data_dir.join("tenants"),
+        }
     }
 
     fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
@@ -64,11 +66,20 @@ fn exit_of(status: std::process::ExitStatus) -> Exit {
 #[async_trait]
 impl Runtime for ProcessRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
-        let (program, args) = spec.command.split_first().ok_or(RuntimeError::EmptyCommand)?;
+        let (program, args) = spec
+            .command
+            .split_first()
+            .ok_or(RuntimeError::EmptyCommand)?;
         let dir = self.tenant_dir(&spec.tenant);
         let workspace = dir.join("workspace");
-        let prepare = |path: &Path| RuntimeError::Workspace { path: path.to_owned(), source: std::io::Error::last_os_error() };
-        std::fs::create_dir_all(&workspace).map_err(|source| RuntimeError::Workspace { path: workspace.clone(), source })?;
+        let prepare = |path: &Path| RuntimeError::Workspace {
+            path: path.to_owned(),
+            source: std::io::Error::last_os_error(),
+        };
+        std::fs::create_dir_all(&workspace).map_err(|source| RuntimeError::Workspace {
+            path: workspace.clone(),
+            source,
+        })?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -76,7 +87,10 @@ impl Runtime for ProcessRuntime {
             .map_err(|_| prepare(&dir))?;
         let log_err = log.try_clone().map_err(|_| prepare(&dir))?;
 
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_loopback_port().map_err(RuntimeError::Spawn)?));
+        let address = SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            free_loopback_port().map_err(RuntimeError::Spawn)?,
+        ));
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
@@ -93,7 +107,9 @@ impl Runtime for ProcessRuntime {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
-        let pid = child.id().ok_or_else(|| RuntimeError::Spawn(std::io::Error::other("the agent exited at once")))?;
+        let pid = child.id().ok_or_else(|| {
+            RuntimeError::Spawn(std::io::Error::other("the agent exited at once"))
+        })?;
         let pid_start_ticks = process_start_ticks(pid).unwrap_or(0);
 
         let (tx, exited) = watch::channel(None);
@@ -172,8 +188,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = ProcessRuntime::new(dir.path());
         // The child shell traps TERM; the whole group still goes with SIGKILL.
-        let sandbox = rt.start(&spec("user_a", "trap '' TERM; while :; do sleep 1; done")).await.unwrap();
-        assert!(sandbox.pid_start_ticks > 0, "the start time identifies the process");
+        let sandbox = rt
+            .start(&spec(
+                "user_a",
+                "trap '' TERM; touch trapped; while :; do sleep 1; done",
+            ))
+            .await
+            .unwrap();
+        assert!(
+            sandbox.pid_start_ticks > 0,
+            "the start time identifies the process"
+        );
+        // SIGTERM must arrive after the trap is set, or the shell dies of it.
+        let trapped = sandbox.workspace.join("trapped");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !trapped.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent never set its trap"
+            );
+            tokio::task::yield_now().await;
+        }
         let exit = rt.stop(&sandbox, Duration::from_millis(200)).await.unwrap();
         assert_eq!(exit, Exit::Signal(Signal::SIGKILL as i32));
     }
@@ -182,14 +217,28 @@ mod tests {
     async fn the_agent_sees_only_the_environment_it_is_given() {
         let dir = tempfile::tempdir().unwrap();
         let rt = ProcessRuntime::new(dir.path());
-        // SAFETY-free check: a variable of the test process must not leak into the agent.
+        // A variable of the test process must not leak into the agent.
         let sandbox = rt.start(&spec("user_a", "env > env.txt")).await.unwrap();
         assert_eq!(sandbox.wait().await, Exit::Code(0));
         let env = std::fs::read_to_string(sandbox.workspace.join("env.txt")).unwrap();
-        let mut names: Vec<_> = env.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
+        let mut names: Vec<_> = env
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
         names.sort();
         names.retain(|n| *n != "PWD" && *n != "SHLVL" && *n != "_");
-        assert_eq!(names, ["AGENT_TOKEN", "HOME", "PATH", "WARREN_AGENT_ADDR", "WARREN_TENANT_ID", "WARREN_WORKSPACE"]);
+        assert_eq!(
+            names,
+            [
+                "AGENT_TOKEN",
+                "HOME",
+                "PATH",
+                "WARREN_AGENT_ADDR",
+                "WARREN_TENANT_ID",
+                "WARREN_WORKSPACE"
+            ]
+        );
     }
 
     #[test]

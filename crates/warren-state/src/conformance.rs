@@ -22,7 +22,11 @@ pub async fn run(store: &dyn StateStore) {
     let a = TenantId::parse("user_a").unwrap();
     let b = TenantId::parse("user_b").unwrap();
 
-    assert_eq!(store.sandbox(&a).await.unwrap(), None, "a new store knows no sandbox");
+    assert_eq!(
+        store.sandbox(&a).await.unwrap(),
+        None,
+        "a new store knows no sandbox"
+    );
     assert!(store.events(None, 10).await.unwrap().is_empty());
 
     let identity = SandboxIdentity {
@@ -31,20 +35,39 @@ pub async fn run(store: &dyn StateStore) {
         pid_start_ticks: Some(987_654),
         address: Some("127.0.0.1:40001".into()),
     };
-    store.record(&transition("user_a", SandboxState::Starting, 1_000)).await.unwrap();
     store
-        .record(&Transition { identity: Some(identity.clone()), ..transition("user_a", SandboxState::Ready, 1_010) })
+        .record(&transition("user_a", SandboxState::Starting, 1_000))
         .await
         .unwrap();
-    store.record(&transition("user_b", SandboxState::Starting, 1_020)).await.unwrap();
+    store
+        .record(&Transition {
+            identity: Some(identity.clone()),
+            ..transition("user_a", SandboxState::Ready, 1_010)
+        })
+        .await
+        .unwrap();
+    store
+        .record(&transition("user_b", SandboxState::Starting, 1_020))
+        .await
+        .unwrap();
 
     let row = store.sandbox(&a).await.unwrap().unwrap();
     assert_eq!(row.state, SandboxState::Ready);
     assert_eq!(row.since_ms, 1_010);
-    assert_eq!(row.identity.as_ref(), Some(&identity), "the identity round-trips");
+    assert_eq!(
+        row.identity.as_ref(),
+        Some(&identity),
+        "the identity round-trips"
+    );
     assert_eq!(row.last_stop, None);
 
-    let mut live: Vec<_> = store.live_sandboxes().await.unwrap().into_iter().map(|r| r.tenant).collect();
+    let mut live: Vec<_> = store
+        .live_sandboxes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.tenant)
+        .collect();
     live.sort();
     assert_eq!(live, vec![a.clone(), b.clone()]);
 
@@ -64,8 +87,14 @@ pub async fn run(store: &dyn StateStore) {
     assert_eq!(store.live_sandboxes().await.unwrap().len(), 1);
 
     // A later start keeps the record of the last stop until the next one.
-    store.record(&transition("user_a", SandboxState::Starting, 3_000)).await.unwrap();
-    assert_eq!(store.sandbox(&a).await.unwrap().unwrap().last_stop, Some((StopCause::Crash, 2_000)));
+    store
+        .record(&transition("user_a", SandboxState::Starting, 3_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sandbox(&a).await.unwrap().unwrap().last_stop,
+        Some((StopCause::Crash, 2_000))
+    );
 
     let events = store.events(Some(&a), 10).await.unwrap();
     let states: Vec<_> = events.iter().map(|e| (e.state, e.at_ms)).collect();
@@ -81,6 +110,10 @@ pub async fn run(store: &dyn StateStore) {
     );
     assert_eq!(events[1].cause, Some(StopCause::Crash));
     assert!(events.iter().all(|e| e.tenant == a));
-    assert_eq!(store.events(None, 2).await.unwrap().len(), 2, "the limit holds");
+    assert_eq!(
+        store.events(None, 2).await.unwrap().len(),
+        2,
+        "the limit holds"
+    );
     assert_eq!(store.events(Some(&b), 10).await.unwrap().len(), 1);
 }

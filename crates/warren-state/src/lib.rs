@@ -84,5 +84,9 @@ pub trait StateStore: Send + Sync + 'static {
     async fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>, StateError>;
 
     /// The most recent events, newest first, for one tenant or all.
-    async fn events(&self, tenant: Option<&TenantId>, limit: usize) -> Result<Vec<Event>, StateError>;
+    async fn events(
+        &self,
+        tenant: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StateError>;
 }

@@ -51,11 +51,16 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
         let conn = Connection::open(path).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with<T: Send + 'static>(
@@ -64,7 +69,9 @@ impl SqliteStore {
     ) -> Result<T, StateError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StateError::Backend("connection mutex poisoned".into()))?;
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StateError::Backend("connection mutex poisoned".into()))?;
             f(&mut guard)
         })
         .await
@@ -81,12 +88,13 @@ fn state_of(raw: &str) -> Result<SandboxState, StateError> {
 }
 
 fn cause_of(raw: Option<String>) -> Result<Option<StopCause>, StateError> {
-    raw.map(|c| StopCause::parse(&c).ok_or_else(|| StateError::Corrupt(format!("stop cause {c:?}"))))
-        .transpose()
+    raw.map(|c| {
+        StopCause::parse(&c).ok_or_else(|| StateError::Corrupt(format!("stop cause {c:?}")))
+    })
+    .transpose()
 }
 
-const SANDBOX_COLUMNS: &str =
-    "tenant_id, state, since_ms, generation, pid, pid_start_ticks, address, last_stop_cause, last_stop_ms, detail";
+const SANDBOX_COLUMNS: &str = "tenant_id, state, since_ms, generation, pid, pid_start_ticks, address, last_stop_cause, last_stop_ms, detail";
 
 type SandboxRow = (
     String,
@@ -207,7 +215,11 @@ impl StateStore for SqliteStore {
         .await
     }
 
-    async fn events(&self, tenant: Option<&TenantId>, limit: usize) -> Result<Vec<Event>, StateError> {
+    async fn events(
+        &self,
+        tenant: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StateError> {
         let tenant = tenant.map(|t| t.as_str().to_owned());
         self.with(move |conn| {
             let mut stmt = conn
@@ -270,6 +282,9 @@ mod tests {
         };
         SqliteStore::open(&path).unwrap().record(&t).await.unwrap();
         let reopened = SqliteStore::open(&path).unwrap();
-        assert_eq!(reopened.sandbox(&t.tenant).await.unwrap().unwrap().state, SandboxState::Starting);
+        assert_eq!(
+            reopened.sandbox(&t.tenant).await.unwrap().unwrap().state,
+            SandboxState::Starting
+        );
     }
 }

@@ -1,1 +1,43 @@
-fn main() {}
+//! `warren`: one private AI agent per user. Each verb lives in `commands/`.
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod settings;
+
+#[derive(Parser)]
+#[command(
+    name = "warren",
+    version,
+    about = "One private AI agent per user, behind one authenticating gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(commands::serve::Args),
+    /// Print a signed URL for a user.
+    Token(commands::token::Args),
+    /// Run the built-in echo agent (the default workload of every sandbox).
+    EchoAgent(commands::echo_agent::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Token(args) => commands::token::run(args),
+        Command::EchoAgent(args) => commands::echo_agent::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Admission: at most `max_instances` sandboxes hold a slot at once.
+//!
+//! A start takes a slot if one is free. At the cap it evicts the least recently used
+//! idle sandbox (ready, nothing in flight, no open WebSocket) and tries again; if none
+//! is idle it waits, in a queue of at most `queue_limit` starts, until a slot frees or
+//! a sandbox turns idle, for at most `queue_timeout`. A slot is released only after its
+//! sandbox has stopped, so the number of live sandboxes never exceeds the cap.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use warren_core::TenantId;
+
+use crate::tenant::TenantHandle;
+
+pub struct Admission {
+    max: usize,
+    queue_limit: usize,
+    timeout: Duration,
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+struct Inner {
+    running: HashMap<TenantId, TenantHandle>,
+    waiting: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionError {
+    /// `queue_limit` starts are already waiting.
+    QueueFull,
+    /// No slot freed within `queue_timeout`.
+    Timeout,
+}
+
+/// A held slot. Dropping it frees the slot and wakes waiting starts.
+pub struct Slot {
+    admission: Arc<Admission>,
+    tenant: TenantId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admission.lock().running.remove(&self.tenant);
+        self.admission.changed();
+    }
+}
+
+impl Admission {
+    pub fn new(max: usize, queue_limit: usize, timeout: Duration) -> Self {
+        Self {
+            max,
+            queue_limit,
+            timeout,
+            inner: Mutex::new(Inner {
+                running: HashMap::new(),
+                waiting: 0,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The critical sections never panic; a poisoned lock still holds valid data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes waiting starts: a slot was freed or a sandbox became idle.
+    pub fn changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// How many slots are held.
+    pub fn running(&self) -> usize {
+        self.lock().running.len()
+    }
+
+    /// How many starts are waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+
+    /// How long a start may wait, for `Retry-After`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Takes a slot for `handle`'s tenant, evicting or waiting as the module says.
+    pub async fn acquire(self: &Arc<Self>, handle: &TenantHandle) -> Result<Slot, AdmissionError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut queued = false;
+        let result = loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let victim = {
+                let mut inner = self.lock();
+                if inner.running.len() < self.max {
+                    let previous = inner
+                        .running
+                        .insert(handle.tenant().clone(), handle.clone());
+                    debug_assert!(previous.is_none(), "a tenant holds at most one slot");
+                    break Ok(Slot {
+                        admission: self.clone(),
+                        tenant: handle.tenant().clone(),
+                    });
+                }
+                inner
+                    .running
+                    .values()
+                    .filter(|h| h.is_idle())
+                    .min_by_key(|h| h.last_active_ms())
+                    .cloned()
+            };
+            if let Some(victim) = victim {
+                // The victim's actor re-checks idleness; either way, look again.
+                victim.evict().await;
+                continue;
+            }
+            if !queued {
+                let mut inner = self.lock();
+                if inner.waiting >= self.queue_limit {
+                    break Err(AdmissionError::QueueFull);
+                }
+                inner.waiting += 1;
+                queued = true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break Err(AdmissionError::Timeout);
+            }
+        };
+        if queued {
+            self.lock().waiting -= 1;
+        }
+        result
+    }
+}

@@ -1,0 +1,212 @@
+//! The edge: one router for every route, one authentication for every route.
+//!
+//! Reserved paths belong to the gateway: `/healthz` and `/readyz` describe the gateway
+//! itself (no credentials), `/api/status` reports the caller's own sandbox without
+//! starting it. Everything else, `/ws`, `/api/history` and any other path, is
+//! authenticated and proxied to the caller's sandbox, started on demand.
+//! `/ws/api/history` is the original frontend's name for `/api/history`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, Request, StatusCode, header};
+use warren_core::TenantId;
+use warren_core::auth::{self, Source};
+
+use crate::error::ApiError;
+use crate::proxy::{self, Strip};
+use crate::tenant::Tenants;
+use crate::{Context, websocket};
+
+pub struct Edge {
+    pub ctx: Arc<Context>,
+    pub tenants: Tenants,
+    /// Set once shutdown begins: `/readyz` fails so balancers stop sending traffic.
+    pub draining: AtomicBool,
+    requests: AtomicU64,
+}
+
+impl Edge {
+    pub fn new(ctx: Arc<Context>) -> Arc<Self> {
+        Arc::new(Self {
+            tenants: Tenants::new(ctx.clone()),
+            ctx,
+            draining: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The gateway's router. A plain function of its state, so tests can call it directly.
+pub fn router(edge: Arc<Edge>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/status", get(status))
+        .fallback(proxied)
+        .with_state(edge)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
+    if edge.draining.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "draining" })),
+        )
+            .into_response();
+    }
+    let running = edge.ctx.admission.running();
+    axum::Json(serde_json::json!({
+        "status": "ready",
+        "sandboxes_running": running,
+        "max_instances": edge.ctx.config.max_instances,
+        "admission_waiting": edge.ctx.admission.waiting(),
+    }))
+    .into_response()
+}
+
+/// Who the request is from, and how they said so.
+struct Caller {
+    tenant: TenantId,
+    source: Source,
+    /// The `Set-Cookie` value to send back when the credential came from elsewhere.
+    cookie: Option<HeaderValue>,
+}
+
+fn authenticate(ctx: &Context, request: &Request<Body>) -> Result<Caller, ApiError> {
+    let headers = request.headers();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let cookies = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let cookie_name = &ctx.config.auth.cookie_name;
+    let reject = |e: auth::AuthError| ApiError::new(e.code(), e.to_string());
+    let credential =
+        auth::find_credential(request.uri().query(), authorization, cookies, cookie_name)
+            .map_err(reject)?;
+    let now = crate::unix_ms() / 1000;
+    let tenant = ctx.signer.verify(&credential, now).map_err(reject)?;
+    let cookie = (credential.source != Source::Cookie).then(|| {
+        let secure = if ctx.config.public_url().starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
+        let max_age = credential.exp.saturating_sub(now);
+        let token = format!("{}.{}.{}", tenant, credential.exp, credential.sig);
+        HeaderValue::from_str(&format!(
+            "{cookie_name}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+        ))
+    });
+    Ok(Caller {
+        tenant,
+        source: credential.source,
+        cookie: cookie.and_then(Result::ok),
+    })
+}
+
+fn with_cookie(mut response: Response, caller: &Caller) -> Response {
+    if let Some(cookie) = &caller.cookie {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
+async fn status(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Response {
+    let caller = match authenticate(&edge.ctx, &request) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let response = match edge.tenants.status(&caller.tenant).await {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(e) => e.into_response(),
+    };
+    with_cookie(response, &caller)
+}
+
+/// The path and query to send upstream: credential parameters removed, and the
+/// original frontend's `/ws/api/history` mapped to the agent's `/api/history`.
+fn upstream_path(request: &Request<Body>) -> String {
+    let path = match request.uri().path() {
+        "/ws/api/history" => "/api/history",
+        p => p,
+    };
+    match request
+        .uri()
+        .query()
+        .and_then(auth::strip_credential_params)
+    {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    }
+}
+
+async fn proxied(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Response {
+    let id = edge.requests.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    // Only the path is logged: the query may hold a signature.
+    let path = request.uri().path().to_owned();
+    let caller = match authenticate(&edge.ctx, &request) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(request = id, %method, %path, code = e.code.as_str(), "refused");
+            return e.into_response();
+        }
+    };
+    let response = match forward(&edge, &caller, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    tracing::debug!(request = id, tenant = %caller.tenant, %method, %path, status = response.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros() as u64, "proxied");
+    with_cookie(response, &caller)
+}
+
+async fn forward(
+    edge: &Edge,
+    caller: &Caller,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let ready = edge.tenants.handle(&caller.tenant).acquire().await?;
+    let path = upstream_path(&request);
+    let strip = Strip {
+        authorization: caller.source == Source::Header,
+        cookie_name: &edge.ctx.config.auth.cookie_name,
+    };
+    let mut response = if websocket::is_upgrade(request.headers()) {
+        proxy::websocket(ready.address, &path, request, &strip, ready.lease).await?
+    } else {
+        proxy::http(
+            &edge.ctx,
+            ready.address,
+            &path,
+            request,
+            &strip,
+            ready.lease,
+        )
+        .await?
+    };
+    if let Some(phases) = ready.phases
+        && let Ok(v) = HeaderValue::from_str(&phases.server_timing())
+    {
+        response
+            .headers_mut()
+            .append(header::HeaderName::from_static("server-timing"), v);
+    }
+    Ok(response)
+}

@@ -1,0 +1,90 @@
+//! Running the gateway: recover what a previous run left, serve until told to stop,
+//! then stop accepting, stop every sandbox and let open connections finish, within a
+//! deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use warren_core::sandbox::{SandboxState, StopCause};
+use warren_runtime::process::process_start_ticks;
+use warren_state::Transition;
+
+use crate::edge::{self, Edge};
+use crate::{Context, unix_ms};
+
+/// How long open connections get to finish after the sandboxes stopped.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct Gateway {
+    edge: Arc<Edge>,
+}
+
+impl Gateway {
+    pub fn new(ctx: Context) -> Self {
+        Self {
+            edge: Edge::new(Arc::new(ctx)),
+        }
+    }
+
+    /// Settles sandboxes a previous run of the gateway recorded as live. Until
+    /// re-adoption exists, a survivor whose identity checks out (same pid, same start
+    /// time) is stopped, so a tenant never has two; either way it is recorded asleep.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        let ctx = &self.edge.ctx;
+        for record in ctx.state.live_sandboxes().await? {
+            let identity = record.identity.as_ref();
+            let survivor = identity.and_then(|i| Some((i.pid?, i.pid_start_ticks?)));
+            let mut detail = "the gateway restarted; the sandbox was gone".to_owned();
+            if let Some((pid, ticks)) = survivor
+                && process_start_ticks(pid) == Some(ticks)
+            {
+                let group = nix::unistd::Pid::from_raw(pid as i32);
+                if nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                    detail =
+                        format!("the gateway restarted; stopped the surviving sandbox (pid {pid})");
+                }
+            }
+            tracing::info!(tenant = %record.tenant, %detail, "recovered a sandbox record");
+            let t = Transition {
+                tenant: record.tenant.clone(),
+                state: SandboxState::Asleep,
+                at_ms: unix_ms(),
+                cause: Some(StopCause::Shutdown),
+                identity: None,
+                detail: Some(detail),
+            };
+            ctx.state.record(&t).await?;
+        }
+        Ok(())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = edge::router(self.edge.clone());
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = accepting_stopped.await;
+        });
+        let server = tokio::spawn(async move { server.await });
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; stopping every sandbox");
+        self.edge.draining.store(true, Ordering::Release);
+        let _ = stop_accepting.send(());
+        self.edge.tenants.stop_all(StopCause::Shutdown).await;
+        match tokio::time::timeout(DRAIN_DEADLINE, server).await {
+            Ok(result) => result??,
+            Err(_) => {
+                tracing::warn!("connections still open after the drain deadline; closing them")
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,643 @@
+//! Tenant actors: exactly one per tenant owns its sandbox's lifecycle.
+//!
+//! The actor is a task with a mailbox. It starts the sandbox on the first `Acquire`
+//! (later ones wait with it, none is dropped), keeps it while requests or WebSockets
+//! are open, stops it after `sleep_after` idle or when admission evicts it, notices
+//! when it exits by itself, and records every transition in the state store. Because
+//! one task decides every start and stop, a tenant never has two sandboxes at once.
+//!
+//! Activity is counted without the mailbox: a `Lease` (one per proxied request or
+//! WebSocket) bumps counters in `Shared` and touches the activity clock when dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use warren_core::duration::SleepAfter;
+use warren_core::sandbox::{SandboxState, StopCause};
+use warren_core::{ErrorCode, TenantId};
+use warren_runtime::{Exit, Sandbox, SandboxSpec};
+use warren_state::{SandboxIdentity, Transition};
+
+use crate::admission::{AdmissionError, Slot};
+use crate::error::ApiError;
+use crate::{Context, probe, sleep_until_opt, unix_ms};
+
+/// What `/api/status` shows of a tenant's sandbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub tenant: String,
+    pub state: SandboxState,
+    /// When the sandbox entered `state`, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_stop: Option<LastStop>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastStop {
+    pub cause: StopCause,
+    pub at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// How long each phase of a start took.
+#[derive(Debug, Clone, Copy)]
+pub struct StartPhases {
+    pub admission: Duration,
+    pub create: Duration,
+    pub boot: Duration,
+}
+
+impl StartPhases {
+    /// The value of a `Server-Timing` header.
+    pub fn server_timing(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        format!(
+            "admission;dur={:.3}, create;dur={:.3}, boot;dur={:.3}",
+            ms(self.admission),
+            ms(self.create),
+            ms(self.boot)
+        )
+    }
+}
+
+/// A ready sandbox, handed to one request.
+pub struct Ready {
+    pub address: SocketAddr,
+    pub lease: Lease,
+    /// Set when this request waited for the start.
+    pub phases: Option<StartPhases>,
+}
+
+type ReadyReply = oneshot::Sender<Result<Ready, ApiError>>;
+
+enum Command {
+    Acquire(ReadyReply),
+    /// From admission: stop if idle; answers whether the slot was freed.
+    Evict(oneshot::Sender<bool>),
+    /// Stop now, whatever is open (the gateway is shutting down).
+    Stop(StopCause, oneshot::Sender<()>),
+    Started(u64, Box<Result<(Sandbox, Slot, StartPhases), ApiError>>),
+    Exited(u64, Exit),
+    Stopped(u64),
+}
+
+/// The part of a tenant every request can read without asking the actor.
+pub struct Shared {
+    tenant: TenantId,
+    ctx: Arc<Context>,
+    in_flight: AtomicUsize,
+    last_active_ms: AtomicU64,
+    status: watch::Sender<Status>,
+}
+
+impl Shared {
+    fn touch(&self) {
+        self.last_active_ms
+            .store(self.ctx.mono_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Holds a sandbox awake while a request or WebSocket is open.
+pub struct Lease {
+    shared: Arc<Shared>,
+}
+
+impl Lease {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        shared.touch();
+        Self { shared }
+    }
+
+    /// Records activity (a WebSocket message) without opening a new lease.
+    pub fn touch(&self) {
+        self.shared.touch();
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.shared.touch();
+        if self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The sandbox just became idle: a queued start may evict it.
+            self.shared.ctx.admission.changed();
+        }
+    }
+}
+
+/// A cheap, clonable address of a tenant's actor.
+#[derive(Clone)]
+pub struct TenantHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl TenantHandle {
+    pub fn tenant(&self) -> &TenantId {
+        &self.shared.tenant
+    }
+
+    pub fn status(&self) -> Status {
+        self.shared.status.borrow().clone()
+    }
+
+    /// Ready, with nothing in flight: a candidate for eviction.
+    pub fn is_idle(&self) -> bool {
+        self.shared.in_flight.load(Ordering::Acquire) == 0
+            && self.shared.status.borrow().state == SandboxState::Ready
+    }
+
+    pub fn last_active_ms(&self) -> u64 {
+        self.shared.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the sandbox is ready (starting it if needed) and leases it.
+    pub async fn acquire(&self) -> Result<Ready, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Acquire(reply)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub(crate) async fn evict(&self) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Evict(reply)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    async fn stop(&self, cause: StopCause) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Stop(cause, reply)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn gone() -> ApiError {
+    ApiError::new(ErrorCode::ShuttingDown, "the gateway is shutting down").retry_after(1)
+}
+
+/// Every tenant actor of this gateway.
+pub struct Tenants {
+    ctx: Arc<Context>,
+    actors: Mutex<HashMap<TenantId, TenantHandle>>,
+}
+
+impl Tenants {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            actors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn actors(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, TenantHandle>> {
+        self.actors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tenant's actor, spawned on first use.
+    pub fn handle(&self, tenant: &TenantId) -> TenantHandle {
+        let mut actors = self.actors();
+        if let Some(handle) = actors.get(tenant) {
+            return handle.clone();
+        }
+        let handle = spawn_actor(self.ctx.clone(), tenant.clone());
+        actors.insert(tenant.clone(), handle.clone());
+        handle
+    }
+
+    /// The tenant's status, from its actor or, if it has none yet, the state store.
+    /// Never starts anything.
+    pub async fn status(&self, tenant: &TenantId) -> Result<Status, ApiError> {
+        if let Some(handle) = self.actors().get(tenant).cloned() {
+            return Ok(handle.status());
+        }
+        let record = self
+            .ctx
+            .state
+            .sandbox(tenant)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(match record {
+            None => Status {
+                tenant: tenant.to_string(),
+                state: SandboxState::Asleep,
+                since_ms: 0,
+                last_stop: None,
+            },
+            Some(r) => Status {
+                tenant: tenant.to_string(),
+                // Without an actor no sandbox of this gateway runs.
+                state: SandboxState::Asleep,
+                since_ms: r.since_ms,
+                last_stop: r.last_stop.map(|(cause, at_ms)| LastStop {
+                    cause,
+                    at_ms,
+                    detail: r.detail.clone(),
+                }),
+            },
+        })
+    }
+
+    /// Stops every sandbox and waits for all of them.
+    pub async fn stop_all(&self, cause: StopCause) {
+        let handles: Vec<_> = self.actors().values().cloned().collect();
+        futures_util::future::join_all(handles.iter().map(|h| h.stop(cause))).await;
+    }
+}
+
+fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let status = Status {
+        tenant: tenant.to_string(),
+        state: SandboxState::Asleep,
+        since_ms: unix_ms(),
+        last_stop: None,
+    };
+    let shared = Arc::new(Shared {
+        tenant,
+        ctx: ctx.clone(),
+        in_flight: AtomicUsize::new(0),
+        last_active_ms: AtomicU64::new(ctx.mono_ms()),
+        status: watch::Sender::new(status),
+    });
+    let handle = TenantHandle { tx, shared };
+    let actor = Actor {
+        ctx,
+        handle: handle.clone(),
+        phase: Phase::Asleep,
+        waiters: Vec::new(),
+        stop_waiters: Vec::new(),
+        recheck_at: None,
+    };
+    tokio::spawn(actor.run(rx));
+    handle
+}
+
+enum Phase {
+    Asleep,
+    Starting(u64),
+    Ready { sandbox: Sandbox, slot: Slot },
+    Stopping(u64),
+}
+
+struct Actor {
+    ctx: Arc<Context>,
+    handle: TenantHandle,
+    phase: Phase,
+    /// Requests waiting for the sandbox to be ready.
+    waiters: Vec<ReadyReply>,
+    /// Callers of `Stop` waiting for the sandbox to be gone.
+    stop_waiters: Vec<oneshot::Sender<()>>,
+    /// While busy past `sleep_after`, idleness is looked at again no sooner than this.
+    recheck_at: Option<Instant>,
+}
+
+impl Actor {
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let idle_check = self.idle_deadline();
+            let command = tokio::select! {
+                command = rx.recv() => match command {
+                    Some(c) => c,
+                    None => return,
+                },
+                _ = sleep_until_opt(idle_check) => {
+                    self.check_idle().await;
+                    continue;
+                }
+            };
+            match command {
+                Command::Acquire(reply) => self.acquire(reply).await,
+                Command::Evict(reply) => {
+                    if self.handle.is_idle() && matches!(self.phase, Phase::Ready { .. }) {
+                        self.begin_stop(StopCause::Eviction, Some(reply)).await;
+                    } else {
+                        let _ = reply.send(false);
+                    }
+                }
+                Command::Stop(cause, reply) => match self.phase {
+                    Phase::Asleep => {
+                        let _ = reply.send(());
+                    }
+                    Phase::Ready { .. } => {
+                        self.stop_waiters.push(reply);
+                        self.begin_stop(cause, None).await;
+                    }
+                    Phase::Starting(_) | Phase::Stopping(_) => self.stop_waiters.push(reply),
+                },
+                Command::Started(generation, result) => self.started(generation, *result).await,
+                Command::Exited(generation, exit) => self.exited(generation, exit).await,
+                Command::Stopped(generation) => self.stopped(generation).await,
+            }
+        }
+    }
+
+    /// When to look at idleness next; `None` while not ready or kept warm.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let SleepAfter::Idle(after) = self.ctx.config.sleep_after else {
+            return None;
+        };
+        if !matches!(self.phase, Phase::Ready { .. }) {
+            return None;
+        }
+        let last = Duration::from_millis(self.handle.last_active_ms());
+        let due = Instant::from_std(self.ctx.epoch) + last + after;
+        Some(self.recheck_at.map_or(due, |r| r.max(due)))
+    }
+
+    async fn check_idle(&mut self) {
+        let SleepAfter::Idle(after) = self.ctx.config.sleep_after else {
+            return;
+        };
+        let idle_for = self
+            .ctx
+            .mono_ms()
+            .saturating_sub(self.handle.last_active_ms());
+        if self.handle.is_idle() && idle_for >= after.as_millis() as u64 {
+            self.begin_stop(StopCause::Idle, None).await;
+        } else {
+            // Busy: look again a full period from now; a lease that ends touches the
+            // clock, which moves the next look later still.
+            self.recheck_at = Some(Instant::now() + after);
+        }
+    }
+
+    async fn acquire(&mut self, reply: ReadyReply) {
+        match &self.phase {
+            Phase::Ready { sandbox, .. } => {
+                let lease = Lease::new(self.shared().clone());
+                let _ = reply.send(Ok(Ready {
+                    address: sandbox.address,
+                    lease,
+                    phases: None,
+                }));
+            }
+            Phase::Starting(_) | Phase::Stopping(_) => self.waiters.push(reply),
+            Phase::Asleep => {
+                self.waiters.push(reply);
+                self.begin_start().await;
+            }
+        }
+    }
+
+    async fn begin_start(&mut self) {
+        let generation = self.ctx.next_generation();
+        self.phase = Phase::Starting(generation);
+        self.transition(SandboxState::Starting, None, None, None)
+            .await;
+        let ctx = self.ctx.clone();
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let result = start_sandbox(&ctx, &handle, generation).await;
+            let _ = handle
+                .tx
+                .send(Command::Started(generation, Box::new(result)));
+        });
+    }
+
+    async fn started(
+        &mut self,
+        generation: u64,
+        result: Result<(Sandbox, Slot, StartPhases), ApiError>,
+    ) {
+        if !matches!(self.phase, Phase::Starting(g) if g == generation) {
+            return;
+        }
+        match result {
+            Ok((sandbox, slot, phases)) => {
+                let identity = SandboxIdentity {
+                    generation,
+                    pid: Some(sandbox.pid),
+                    pid_start_ticks: Some(sandbox.pid_start_ticks),
+                    address: Some(sandbox.address.to_string()),
+                };
+                let watcher = sandbox.clone();
+                let tx = self.handle.tx.clone();
+                tokio::spawn(async move {
+                    let exit = watcher.wait().await;
+                    let _ = tx.send(Command::Exited(generation, exit));
+                });
+                let address = sandbox.address;
+                self.phase = Phase::Ready { sandbox, slot };
+                self.transition(SandboxState::Ready, None, Some(identity), None)
+                    .await;
+                tracing::info!(tenant = %self.handle.tenant(), admission_ms = phases.admission.as_millis() as u64,
+                    create_ms = phases.create.as_millis() as u64, boot_ms = phases.boot.as_millis() as u64, "sandbox ready");
+                for waiter in self.waiters.drain(..) {
+                    let lease = Lease::new(self.handle.shared.clone());
+                    let _ = waiter.send(Ok(Ready {
+                        address,
+                        lease,
+                        phases: Some(phases),
+                    }));
+                }
+                if !self.stop_waiters.is_empty() {
+                    self.begin_stop(StopCause::Shutdown, None).await;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(tenant = %self.handle.tenant(), %error, "sandbox start failed");
+                self.phase = Phase::Asleep;
+                let cause =
+                    (error.code == ErrorCode::SandboxStartFailed).then_some(StopCause::StartFailed);
+                self.transition(
+                    SandboxState::Asleep,
+                    cause,
+                    None,
+                    Some(error.message.clone()),
+                )
+                .await;
+                for waiter in self.waiters.drain(..) {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+                self.wake_stop_waiters();
+            }
+        }
+    }
+
+    /// Moves to `Stopping` and stops the sandbox in the background; `Stopped` follows.
+    async fn begin_stop(&mut self, cause: StopCause, evict_reply: Option<oneshot::Sender<bool>>) {
+        let Phase::Ready { sandbox, slot } = std::mem::replace(&mut self.phase, Phase::Asleep)
+        else {
+            if let Some(reply) = evict_reply {
+                let _ = reply.send(false);
+            }
+            return;
+        };
+        let generation = sandbox.generation;
+        self.phase = Phase::Stopping(generation);
+        self.transition(SandboxState::Stopping, Some(cause), None, None)
+            .await;
+        let ctx = self.ctx.clone();
+        let tx = self.handle.tx.clone();
+        let tenant = self.handle.tenant().clone();
+        tokio::spawn(async move {
+            let detail = match ctx
+                .runtime
+                .stop(&sandbox, ctx.config.runtime.stop_grace.0)
+                .await
+            {
+                Ok(exit) => exit.to_string(),
+                Err(e) => {
+                    tracing::error!(%tenant, error = %e, "cannot stop the sandbox");
+                    e.to_string()
+                }
+            };
+            // The record is written before the slot is freed, and the slot only after
+            // the process is gone, so a waiting start never overshoots the cap.
+            let t = Transition {
+                tenant,
+                state: SandboxState::Asleep,
+                at_ms: unix_ms(),
+                cause: Some(cause),
+                identity: None,
+                detail: Some(detail),
+            };
+            if let Err(e) = ctx.state.record(&t).await {
+                tracing::warn!(tenant = %t.tenant, error = %e, "cannot record a transition");
+            }
+            drop(slot);
+            if let Some(reply) = evict_reply {
+                let _ = reply.send(true);
+            }
+            let _ = tx.send(Command::Stopped(generation));
+            tracing::info!(tenant = %t.tenant, cause = cause.as_str(), "sandbox stopped");
+        });
+    }
+
+    async fn stopped(&mut self, generation: u64) {
+        if !matches!(self.phase, Phase::Stopping(g) if g == generation) {
+            return;
+        }
+        self.phase = Phase::Asleep;
+        // The stop task recorded the transition; mirror it in the status.
+        self.shared().status.send_modify(|s| {
+            s.state = SandboxState::Asleep;
+            s.since_ms = unix_ms();
+        });
+        self.wake_stop_waiters();
+        if !self.waiters.is_empty() {
+            self.begin_start().await;
+        }
+    }
+
+    async fn exited(&mut self, generation: u64, exit: Exit) {
+        let Phase::Ready { sandbox, .. } = &self.phase else {
+            return;
+        };
+        if sandbox.generation != generation {
+            return;
+        }
+        tracing::warn!(tenant = %self.handle.tenant(), %exit, "sandbox exited by itself");
+        // Dropping the phase frees the slot.
+        self.phase = Phase::Asleep;
+        self.transition(
+            SandboxState::Asleep,
+            Some(StopCause::Crash),
+            None,
+            Some(exit.to_string()),
+        )
+        .await;
+        self.wake_stop_waiters();
+    }
+
+    fn wake_stop_waiters(&mut self) {
+        for w in self.stop_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    async fn transition(
+        &self,
+        state: SandboxState,
+        cause: Option<StopCause>,
+        identity: Option<SandboxIdentity>,
+        detail: Option<String>,
+    ) {
+        let at_ms = unix_ms();
+        self.shared().status.send_modify(|s| {
+            s.state = state;
+            s.since_ms = at_ms;
+            if let Some(cause) = cause {
+                s.last_stop = Some(LastStop {
+                    cause,
+                    at_ms,
+                    detail: detail.clone(),
+                });
+            }
+        });
+        let t = Transition {
+            tenant: self.handle.tenant().clone(),
+            state,
+            at_ms,
+            cause,
+            identity,
+            detail,
+        };
+        if let Err(e) = self.ctx.state.record(&t).await {
+            tracing::warn!(tenant = %t.tenant, error = %e, "cannot record a transition");
+        }
+    }
+}
+
+/// Admission, creation and the readiness probe of one start.
+async fn start_sandbox(
+    ctx: &Context,
+    handle: &TenantHandle,
+    generation: u64,
+) -> Result<(Sandbox, Slot, StartPhases), ApiError> {
+    let t0 = Instant::now();
+    let slot = ctx.admission.acquire(handle).await.map_err(|e| {
+        let retry = ctx.admission.timeout().as_secs().max(1);
+        let message = match e {
+            AdmissionError::QueueFull => {
+                "every sandbox slot is busy and the admission queue is full"
+            }
+            AdmissionError::Timeout => {
+                "every sandbox slot stayed busy for the whole admission timeout"
+            }
+        };
+        ApiError::new(ErrorCode::CapacityExhausted, message).retry_after(retry)
+    })?;
+    let t1 = Instant::now();
+    let spec = SandboxSpec {
+        tenant: handle.tenant().clone(),
+        generation,
+        command: ctx.agent_command.clone(),
+        env: Vec::new(),
+    };
+    let failed = |m: String| ApiError::new(ErrorCode::SandboxStartFailed, m).retry_after(1);
+    let sandbox = ctx
+        .runtime
+        .start(&spec)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let t2 = Instant::now();
+    let deadline = t2 + ctx.config.runtime.start_timeout.0;
+    if let Err(e) = probe::wait_ready(&ctx.client, &sandbox, "/healthz", deadline).await {
+        if let Err(stop) = ctx.runtime.stop(&sandbox, Duration::ZERO).await {
+            tracing::error!(tenant = %spec.tenant, error = %stop, "cannot stop a sandbox that failed to start");
+        }
+        return Err(failed(e.to_string()));
+    }
+    let phases = StartPhases {
+        admission: t1 - t0,
+        create: t2 - t1,
+        boot: t2.elapsed(),
+    };
+    Ok((sandbox, slot, phases))
+}

@@ -1,0 +1,3 @@
+pub mod echo_agent;
+pub mod serve;
+pub mod token;

@@ -1,0 +1,94 @@
+//! `warren serve`: load and check the config, start logging, recover, serve until
+//! SIGTERM or Ctrl-C, then drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tracing_subscriber::EnvFilter;
+use warren_core::auth::Signer;
+use warren_core::config::{AgentKind, Config, LogFormat, RuntimeKind, StateKind};
+use warren_gateway::{Context, Gateway};
+use warren_runtime::{ProcessRuntime, Runtime};
+use warren_state::{SqliteStore, StateStore};
+
+use crate::settings::{ConfigArgs, signing_secret};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The address to listen on (overrides `listen`); port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The agent command each sandbox runs.
+fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
+    match config.agent.kind {
+        AgentKind::Echo => {
+            let exe = std::env::current_exe().context("cannot find the warren executable")?;
+            Ok(vec![
+                exe.to_string_lossy().into_owned(),
+                "echo-agent".into(),
+            ])
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    init_logging(&config);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    let signer = Signer::new(signing_secret(&config)?.expose().as_bytes());
+    let state: Arc<dyn StateStore> = match config.state.kind {
+        StateKind::Sqlite => Arc::new(SqliteStore::open(&config.state_path())?),
+    };
+    let runtime: Arc<dyn Runtime> = match config.runtime.kind {
+        RuntimeKind::Process => Arc::new(ProcessRuntime::new(&config.data_dir)),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let command = agent_command(&config)?;
+    let gateway = Gateway::new(Context::new(config, signer, state, runtime, command));
+    gateway.recover().await?;
+    // Printed on stdout, whatever the log settings: scripts and tests read it.
+    println!("warren listening on http://{local}");
+    tracing::info!(%local, "listening");
+    gateway.serve(listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
