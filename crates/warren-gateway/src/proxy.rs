@@ -225,6 +225,10 @@ pub async fn websocket(
 }
 
 /// Relays messages both ways until both sides have closed.
+///
+/// A close from one side is passed to the other, and both streams are then read until
+/// they end: reading is what lets tungstenite send its reply to a close, so a side is
+/// only done when its stream ends, not when its close frame arrives.
 async fn relay<C, A>(client: C, agent: A, lease: Lease)
 where
     C: futures_util::Stream<Item = Result<Message, tungstenite::Error>>
@@ -244,39 +248,37 @@ where
             msg = client_rx.next(), if !client_done => match msg {
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(frame))) => {
-                    client_done = true;
                     closing_since.get_or_insert_with(tokio::time::Instant::now);
                     let _ = agent_tx.send(Message::Close(frame)).await;
                 }
                 Some(Ok(msg)) => {
                     lease.touch();
-                    if agent_tx.send(msg).await.is_err() {
-                        agent_done = true;
-                    }
+                    let _ = agent_tx.send(msg).await;
                 }
                 None | Some(Err(_)) => {
                     client_done = true;
-                    closing_since.get_or_insert_with(tokio::time::Instant::now);
-                    let _ = agent_tx.send(close(CloseCode::Away, "client went away")).await;
+                    if closing_since.is_none() {
+                        closing_since = Some(tokio::time::Instant::now());
+                        let _ = agent_tx.send(close(CloseCode::Away, "client went away")).await;
+                    }
                 }
             },
             msg = agent_rx.next(), if !agent_done => match msg {
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(frame))) => {
-                    agent_done = true;
                     closing_since.get_or_insert_with(tokio::time::Instant::now);
                     let _ = client_tx.send(Message::Close(frame)).await;
                 }
                 Some(Ok(msg)) => {
                     lease.touch();
-                    if client_tx.send(msg).await.is_err() {
-                        client_done = true;
-                    }
+                    let _ = client_tx.send(msg).await;
                 }
                 None | Some(Err(_)) => {
                     agent_done = true;
-                    closing_since.get_or_insert_with(tokio::time::Instant::now);
-                    let _ = client_tx.send(close(CloseCode::Error, "sandbox stopped")).await;
+                    if closing_since.is_none() {
+                        closing_since = Some(tokio::time::Instant::now());
+                        let _ = client_tx.send(close(CloseCode::Error, "sandbox stopped")).await;
+                    }
                 }
             },
             _ = sleep_until_opt(grace) => break,

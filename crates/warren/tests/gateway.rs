@@ -1,0 +1,598 @@
+//! Black-box tests of the gateway: the real binary, real sandboxes (echo agents), real
+//! sockets on 127.0.0.1.
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use harness::{Gateway, POLL, echo, now_secs, process_alive, run_warren, wait_gone};
+use http::{Request, header};
+use http_body_util::Full;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use warren_core::TenantId;
+use warren_core::auth::Signer;
+use warren_core::sandbox::{SandboxState, StopCause};
+use warren_state::StateStore;
+
+#[tokio::test]
+async fn two_users_cannot_see_each_others_history() {
+    let gw = Gateway::start("");
+    let mut a = gw.ws("user_a").await;
+    let mut b = gw.ws("user_b").await;
+    assert_eq!(echo(&mut a, "secret of a").await, "secret of a");
+    assert_eq!(echo(&mut b, "secret of b").await, "secret of b");
+    assert_eq!(gw.history("user_a").await, ["secret of a"]);
+    assert_eq!(gw.history("user_b").await, ["secret of b"]);
+    assert_ne!(
+        gw.agent_pid("user_a").await,
+        gw.agent_pid("user_b").await,
+        "one sandbox each"
+    );
+}
+
+#[tokio::test]
+async fn every_auth_failure_gets_401_with_its_own_code() {
+    let gw = Gateway::start("");
+    let signer = Signer::new(harness::SECRET.as_bytes());
+    let user = TenantId::parse("user_a").unwrap();
+    let exp = now_secs() + 600;
+    let forged = Signer::new(b"not-the-secret-at-all").query(&user, exp);
+    let expired = signer.query(&user, now_secs() - 10);
+    let evil = format!("userId=..&exp={exp}&sig=AAAA");
+    let cases = [
+        ("", "auth_missing"),
+        ("?userId=user_a&exp=123", "auth_malformed"),
+        ("?userId=user_a&exp=soon&sig=abc", "auth_malformed"),
+        ("?userId=user_a&exp=123&sig=%%%", "auth_malformed"),
+        (&format!("?{forged}"), "auth_bad_signature"),
+        (
+            &format!("?userId=user_b&exp={exp}&sig={}", signer.sign(&user, exp)),
+            "auth_bad_signature",
+        ),
+        (&format!("?{expired}"), "auth_expired"),
+        (&format!("?{evil}"), "auth_invalid_user_id"),
+        (
+            &format!("?userId=a%2Fb&exp={exp}&sig=AAAA"),
+            "auth_invalid_user_id",
+        ),
+        (
+            &format!("?userId=a%00b&exp={exp}&sig=AAAA"),
+            "auth_invalid_user_id",
+        ),
+        (
+            &format!("?userId={}&exp={exp}&sig=AAAA", "u".repeat(200)),
+            "auth_invalid_user_id",
+        ),
+    ];
+    for path in [
+        "/ws",
+        "/api/history",
+        "/ws/api/history",
+        "/api/status",
+        "/anything/else",
+    ] {
+        for (query, code) in &cases {
+            let reply = gw.get(&format!("{path}{query}")).await;
+            assert_eq!(reply.status, 401, "{path}{query}: {}", reply.body);
+            assert_eq!(reply.code(), *code, "{path}{query}");
+            assert!(
+                reply.headers.get(header::SET_COOKIE).is_none(),
+                "no cookie for a refused request"
+            );
+        }
+    }
+    // The same failures through the header and the cookie.
+    let bad_header = Request::get(gw.url("/api/history"))
+        .header(
+            header::AUTHORIZATION,
+            format!(
+                "Bearer {}",
+                Signer::new(b"wrong-secret-wrong").token(&user, exp)
+            ),
+        )
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(gw.request(bad_header).await.code(), "auth_bad_signature");
+    let expired_cookie = Request::get(gw.url("/api/history"))
+        .header(
+            header::COOKIE,
+            format!("warren_session={}", signer.token(&user, now_secs() - 1)),
+        )
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(gw.request(expired_cookie).await.code(), "auth_expired");
+    // No sandbox was started by any of this.
+    assert_eq!(gw.state("user_a").await, "asleep");
+    assert!(gw.state_store().events(None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_same_credentials_work_as_query_header_and_cookie_on_every_route() {
+    let gw = Gateway::start("");
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "hello").await;
+
+    // Query parameters on /api/history and /ws/api/history; the first contact sets a cookie.
+    for path in ["/api/history", "/ws/api/history"] {
+        let reply = gw.get_as("user_a", path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        assert_eq!(reply.json()["messages"][0]["text"], "hello");
+    }
+    let reply = gw.get_as("user_a", "/api/history").await;
+    let cookie = reply
+        .headers
+        .get(header::SET_COOKIE)
+        .expect("a session cookie")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("warren_session=user_a."), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+
+    // The cookie alone, as a browser would send it.
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    for path in ["/api/history", "/ws/api/history", "/api/status"] {
+        let req = Request::get(gw.url(path))
+            .header(header::COOKIE, &pair)
+            .body(Full::default())
+            .unwrap();
+        let reply = gw.request(req).await;
+        assert_eq!(reply.status, 200, "{path} by cookie: {}", reply.body);
+        assert!(
+            reply.headers.get(header::SET_COOKIE).is_none(),
+            "no new cookie when the cookie was used"
+        );
+    }
+
+    // The bearer header.
+    let req = Request::get(gw.url("/ws/api/history"))
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", gw.token("user_a")),
+        )
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(gw.request(req).await.json()["messages"][0]["text"], "hello");
+
+    // The WebSocket by cookie and by header.
+    for (name, value) in [
+        ("cookie", pair.clone()),
+        ("authorization", format!("Bearer {}", gw.token("user_a"))),
+    ] {
+        let mut req = format!("ws://{}/ws", gw.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(name, value.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade");
+        assert_eq!(echo(&mut ws, name).await, name);
+    }
+}
+
+#[tokio::test]
+async fn the_agent_never_sees_the_credential() {
+    let gw = Gateway::start("");
+    // /echo answers with the request body; the query and headers it got are not
+    // observable that way, so check what reached the agent through its history:
+    // the gateway must strip userId/exp/sig but keep the other parameters.
+    let body = "payload";
+    let req = Request::post(gw.url(&format!("/echo?keep=1&{}", gw.query("user_a"))))
+        .header(
+            header::COOKIE,
+            format!("other=1; warren_session={}", gw.token("user_a")),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let reply = gw.request(req).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, body);
+    let log =
+        std::fs::read_to_string(gw.data_dir().join("tenants/user_a/agent.log")).unwrap_or_default();
+    assert!(!log.contains(harness::SECRET));
+}
+
+#[tokio::test]
+async fn warren_token_prints_a_url_the_gateway_accepts() {
+    let gw = Gateway::start("");
+    let config = gw.dir.path().join("warren.toml");
+    let base = gw.url("");
+    let (code, out, err) = run_warren(
+        &[
+            "token",
+            "user_cli",
+            "--ttl",
+            "60",
+            "--url",
+            &base,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        gw.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let url = out.trim();
+    let query = url.split_once('?').expect("a query").1;
+    let exp: u64 = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("exp="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (now_secs() + 55..=now_secs() + 61).contains(&exp),
+        "ttl honoured"
+    );
+    let reply = gw.get(&format!("/api/history?{query}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let (code, _, err) = run_warren(
+        &["token", "../etc", "--config", config.to_str().unwrap()],
+        gw.dir.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid user id"), "{err}");
+}
+
+#[tokio::test]
+async fn without_a_secret_one_is_generated_once_and_shared_with_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (code, first, err) = run_warren(&["token", "user_a", "--data-dir", data], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let (_, second, _) = run_warren(
+        &["token", "user_a", "--data-dir", data, "--ttl", "86400"],
+        dir.path(),
+    );
+    let secret = std::fs::read_to_string(dir.path().join("data/signing-secret")).unwrap();
+    assert_eq!(secret.len(), 64, "32 random bytes, hex");
+    let sig = |url: &str| url.trim().rsplit_once("sig=").unwrap().1.to_owned();
+    let signer = Signer::new(secret.as_bytes());
+    let exp: u64 = first
+        .split("exp=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        sig(&first),
+        signer.sign(&TenantId::parse("user_a").unwrap(), exp)
+    );
+    assert!(second.contains("userId=user_a"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("data/signing-secret"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn requests_that_arrive_while_the_sandbox_starts_wait_and_share_one_start() {
+    let gw = Gateway::start("");
+    let replies =
+        futures_util::future::join_all((0..20).map(|_| gw.get_as("user_a", "/api/history"))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let events = gw
+        .state_store()
+        .events(Some(&TenantId::parse("user_a").unwrap()), 10)
+        .await
+        .unwrap();
+    let starts = events
+        .iter()
+        .filter(|e| e.state == SandboxState::Starting)
+        .count();
+    assert_eq!(
+        starts, 1,
+        "one start for twenty concurrent requests: {events:?}"
+    );
+    let timed = replies
+        .iter()
+        .filter(|r| r.headers.contains_key("server-timing"))
+        .count();
+    assert!(
+        timed >= 1,
+        "the requests that waited for the start see its phases"
+    );
+}
+
+#[tokio::test]
+async fn status_reports_without_starting_and_health_needs_no_credentials() {
+    let gw = Gateway::start("");
+    assert_eq!(gw.state("user_a").await, "asleep");
+    assert_eq!(
+        gw.state("user_a").await,
+        "asleep",
+        "asking twice starts nothing"
+    );
+    assert!(gw.state_store().events(None, 10).await.unwrap().is_empty());
+    assert_eq!(gw.get("/healthz").await.status, 200);
+    let ready = gw.get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["sandboxes_running"], 0);
+    gw.get_as("user_a", "/api/history").await;
+    assert_eq!(gw.state("user_a").await, "ready");
+    assert_eq!(gw.get("/readyz").await.json()["sandboxes_running"], 1);
+}
+
+#[tokio::test]
+async fn an_idle_sandbox_sleeps_and_wakes_with_its_workspace() {
+    let gw = Gateway::start("sleep_after = \"1s\"");
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "before sleep").await;
+    let first = gw.agent_pid("user_a").await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(10))
+        .await;
+    wait_gone(first, Duration::from_secs(5)).await;
+    let status = gw.status("user_a").await;
+    assert_eq!(status["last_stop"]["cause"], "idle");
+
+    // The next request wakes it, with the same workspace.
+    assert_eq!(gw.history("user_a").await, ["before sleep"]);
+    assert_eq!(gw.state("user_a").await, "ready");
+    assert_ne!(gw.agent_pid("user_a").await, first, "a new sandbox");
+
+    // Every transition is in the state store, with timestamps, in order.
+    let events = gw
+        .state_store()
+        .events(Some(&TenantId::parse("user_a").unwrap()), 10)
+        .await
+        .unwrap();
+    let states: Vec<_> = events.iter().rev().map(|e| e.state).collect();
+    use SandboxState::*;
+    assert_eq!(states, [Starting, Ready, Stopping, Asleep, Starting, Ready]);
+    assert!(events.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
+    assert_eq!(events[3].cause, Some(StopCause::Idle));
+}
+
+#[tokio::test]
+async fn an_open_websocket_keeps_its_sandbox_awake() {
+    let gw = Gateway::start("sleep_after = \"1s\"");
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "hi").await;
+    let pid = gw.agent_pid("user_a").await;
+    // No message flows for three times sleep_after; the sandbox must stay.
+    let quiet_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < quiet_until {
+        assert_eq!(gw.state("user_a").await, "ready");
+        tokio::time::sleep(POLL * 10).await;
+    }
+    assert_eq!(echo(&mut ws, "still here").await, "still here");
+    assert_eq!(gw.agent_pid("user_a").await, pid);
+    // Once it closes, the sandbox sleeps.
+    ws.close(None).await.unwrap();
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test]
+async fn sleep_after_never_keeps_a_sandbox_warm() {
+    let gw = Gateway::start("sleep_after = \"never\"");
+    gw.get_as("user_a", "/api/history").await;
+    let pid = gw.agent_pid("user_a").await;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(gw.state("user_a").await, "ready");
+        tokio::time::sleep(POLL * 10).await;
+    }
+    assert!(process_alive(pid));
+}
+
+#[tokio::test]
+async fn at_capacity_a_third_user_evicts_the_least_recently_used_idle_sandbox() {
+    let gw = Gateway::start("max_instances = 2\nsleep_after = \"never\"");
+    gw.get_as("user_a", "/api/history").await;
+    gw.get_as("user_b", "/api/history").await;
+    let a = gw.agent_pid("user_a").await;
+    // b is now more recent than a; touch b again to be sure.
+    gw.get_as("user_b", "/api/history").await;
+    let reply = gw.get_as("user_c", "/api/history").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(gw.state("user_a").await, "asleep");
+    assert_eq!(gw.status("user_a").await["last_stop"]["cause"], "eviction");
+    assert_eq!(gw.state("user_b").await, "ready");
+    assert_eq!(gw.state("user_c").await, "ready");
+    assert!(
+        !process_alive(a),
+        "the evicted sandbox is gone before the new one starts"
+    );
+    assert_eq!(gw.get("/readyz").await.json()["sandboxes_running"], 2);
+}
+
+#[tokio::test]
+async fn at_capacity_with_nothing_idle_a_third_user_gets_503_and_retry_after() {
+    let gw = Gateway::start("max_instances = 2\n[admission]\nqueue_timeout = \"1s\"");
+    let mut a = gw.ws("user_a").await;
+    let mut b = gw.ws("user_b").await;
+    echo(&mut a, "busy").await;
+    echo(&mut b, "busy").await;
+    let started = Instant::now();
+    let reply = gw.get_as("user_c", "/api/history").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.code(), "capacity_exhausted");
+    assert_eq!(reply.json()["error"]["retryable"], true);
+    assert_eq!(reply.headers.get(header::RETRY_AFTER).unwrap(), "1");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited in the queue first"
+    );
+    assert_eq!(gw.state("user_c").await, "asleep");
+    // Both busy users were untouched.
+    assert_eq!(echo(&mut a, "still a").await, "still a");
+    assert_eq!(echo(&mut b, "still b").await, "still b");
+}
+
+#[tokio::test]
+async fn a_queued_start_is_served_when_a_websocket_closes() {
+    let gw = Gateway::start("max_instances = 1\n[admission]\nqueue_timeout = \"20s\"");
+    let mut a = gw.ws("user_a").await;
+    echo(&mut a, "busy").await;
+    let waiting = gw.get_as("user_b", "/api/history");
+    let close_later = async {
+        // b is queued once its status says starting.
+        gw.wait_for_state("user_b", "starting", Duration::from_secs(10))
+            .await;
+        a.close(None).await.unwrap();
+    };
+    let (reply, ()) = tokio::join!(waiting, close_later);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(gw.state("user_a").await, "asleep");
+}
+
+#[tokio::test]
+async fn a_crashed_agent_is_noticed_recorded_and_restarted() {
+    let gw = Gateway::start("");
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "before the crash").await;
+    let pid = gw.agent_pid("user_a").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // The open WebSocket is closed with 1011, not left hanging.
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a close within 10 s")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Error));
+
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(10))
+        .await;
+    let status = gw.status("user_a").await;
+    assert_eq!(status["last_stop"]["cause"], "crash");
+    assert!(
+        status["last_stop"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("signal 9"),
+        "{status}"
+    );
+
+    // The next request restarts it, with the history kept.
+    assert_eq!(gw.history("user_a").await, ["before the crash"]);
+    assert_ne!(gw.agent_pid("user_a").await, pid);
+}
+
+#[tokio::test]
+async fn websocket_closes_pass_through_with_their_code() {
+    let gw = Gateway::start("");
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "x").await;
+    ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        },
+    )))
+    .await
+    .unwrap();
+    let reply = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a close reply")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close reply, got {other:?}"),
+        }
+    };
+    assert_eq!(reply.map(|f| f.code), Some(CloseCode::Normal));
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_stream_through() {
+    let gw = Gateway::start("");
+    let body: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    let req = Request::post(gw.url(&format!("/echo?{}", gw.query("user_a"))))
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let reply = gw.request(req).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.bytes.len(), body.len());
+    assert!(reply.bytes == body, "the body came back unchanged");
+}
+
+#[tokio::test]
+async fn secrets_and_signatures_never_reach_the_logs() {
+    let mut gw = Gateway::start("[log]\nlevel = \"trace\"");
+    let query = gw.query("user_a");
+    let sig = query.rsplit_once("sig=").unwrap().1.to_owned();
+    gw.get(&format!("/api/history?{query}")).await;
+    gw.get(&format!(
+        "/api/history?{}",
+        query.replace(&sig[..8], "AAAAAAAA")
+    ))
+    .await;
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "hi").await;
+    drop(ws);
+    gw.stop();
+    let log = gw.log();
+    assert!(log.contains("sandbox ready"), "the log was written: {log}");
+    assert!(
+        !log.contains(harness::SECRET),
+        "the secret leaked into the log"
+    );
+    assert!(!log.contains(&sig), "a signature leaked into the log");
+    assert!(!log.contains(&sig[8..]), "a signature leaked into the log");
+}
+
+#[tokio::test]
+async fn shutdown_stops_every_sandbox_and_records_it() {
+    let mut gw = Gateway::start("");
+    gw.get_as("user_a", "/api/history").await;
+    gw.get_as("user_b", "/api/history").await;
+    let pids = [gw.agent_pid("user_a").await, gw.agent_pid("user_b").await];
+    assert!(gw.stop().success());
+    for pid in pids {
+        assert!(
+            !process_alive(pid),
+            "sandbox {pid} outlived a graceful shutdown"
+        );
+    }
+    let store = gw.state_store();
+    assert!(store.live_sandboxes().await.unwrap().is_empty());
+    let a = store
+        .sandbox(&TenantId::parse("user_a").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.last_stop.map(|(c, _)| c), Some(StopCause::Shutdown));
+}
+
+#[tokio::test]
+async fn config_errors_name_the_key_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "max_instances = 2\nsleep_afterr = \"1m\"\n").unwrap();
+    let (code, _, err) = run_warren(&["serve", "--config", bad.to_str().unwrap()], dir.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("sleep_afterr"), "{err}");
+    std::fs::write(&bad, "instance_type = \"standard-9\"\n").unwrap();
+    let (code, _, err) = run_warren(&["serve", "--config", bad.to_str().unwrap()], dir.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("standard-9"), "{err}");
+}

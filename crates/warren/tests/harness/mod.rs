@@ -1,0 +1,329 @@
+//! Starts the real `warren` binary on 127.0.0.1:0 with a config of the test's choosing,
+//! and talks to it over real sockets: HTTP through hyper, WebSockets through
+//! tokio-tungstenite. Dropping a `Gateway` sends SIGTERM and waits for it to exit.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use warren_core::TenantId;
+use warren_core::auth::Signer;
+use warren_core::sandbox::SandboxState;
+use warren_state::{SqliteStore, StateStore};
+
+/// How often a test looks again at a condition it waits for.
+pub const POLL: Duration = Duration::from_millis(20);
+
+pub const SECRET: &str = "test-signing-secret-0123456789abcdef";
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub stderr: PathBuf,
+    signer: Signer,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub bytes: Bytes,
+    /// The body as text, lossily.
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The stable error code of an error reply.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+pub fn warren_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_warren")
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl Gateway {
+    /// Starts `warren serve` with `config` (TOML) plus the test secret.
+    pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("warren.toml");
+        std::fs::write(
+            &config_path,
+            format!("{config}\n[auth]\nsigning_secret = \"{SECRET}\"\n"),
+        )
+        .unwrap();
+        let stderr = dir.path().join("gateway.log");
+        let mut child = Command::new(warren_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .envs(env.iter().copied())
+            .env_remove("WARREN_SIGNING_SECRET")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("warren listening on http://")
+            .unwrap_or_else(|| {
+                panic!(
+                    "gateway did not start: {line:?}\n{}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                )
+            })
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            addr,
+            dir,
+            stderr,
+            signer: Signer::new(SECRET.as_bytes()),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `userId=..&exp=..&sig=..`, valid for an hour.
+    pub fn query(&self, user: &str) -> String {
+        self.signer
+            .query(&TenantId::parse(user).unwrap(), now_secs() + 3600)
+    }
+
+    /// `<user>.<exp>.<sig>`, for the header and the cookie.
+    pub fn token(&self, user: &str) -> String {
+        self.signer
+            .token(&TenantId::parse(user).unwrap(), now_secs() + 3600)
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+
+    pub async fn request(&self, request: Request<Full<Bytes>>) -> Reply {
+        let response = self
+            .client
+            .request(request)
+            .await
+            .expect("the gateway answers");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            bytes: body,
+        }
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> Reply {
+        self.request(
+            Request::get(self.url(path_and_query))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// GET with the user's credential as query parameters.
+    pub async fn get_as(&self, user: &str, path: &str) -> Reply {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.get(&format!("{path}{sep}{}", self.query(user))).await
+    }
+
+    pub async fn status(&self, user: &str) -> serde_json::Value {
+        let reply = self.get_as(user, "/api/status").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()
+    }
+
+    pub async fn state(&self, user: &str) -> String {
+        self.status(user).await["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Polls `/api/status` until the user's sandbox is in `state`.
+    pub async fn wait_for_state(&self, user: &str, state: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.state(user).await;
+            if now == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user} stayed {now}, expected {state}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub async fn history(&self, user: &str) -> Vec<String> {
+        let reply = self.get_as(user, "/api/history").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Opens `/ws` as `user`, authenticated by query parameters.
+    pub async fn ws(&self, user: &str) -> Ws {
+        let url = format!("ws://{}/ws?{}", self.addr, self.query(user));
+        let (ws, response) = tokio_tungstenite::connect_async(url.into_client_request().unwrap())
+            .await
+            .expect("upgrade");
+        assert_eq!(response.status(), 101);
+        ws
+    }
+
+    /// The state store the gateway writes, opened beside it.
+    pub fn state_store(&self) -> SqliteStore {
+        SqliteStore::open(&self.data_dir().join("state.db")).unwrap()
+    }
+
+    /// The pid of the user's running agent, from the state store.
+    pub async fn agent_pid(&self, user: &str) -> u32 {
+        let record = self
+            .state_store()
+            .sandbox(&TenantId::parse(user).unwrap())
+            .await
+            .unwrap()
+            .expect("a sandbox record");
+        assert_eq!(record.state, SandboxState::Ready);
+        record.identity.and_then(|i| i.pid).expect("a pid")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the gateway to exit. Returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// Sends a text message and returns the next text message received.
+pub async fn echo(ws: &mut Ws, text: &str) -> String {
+    ws.send(Message::text(text)).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an echo within 10 s")
+        {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text echo, got {other:?}"),
+        }
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone.
+pub async fn wait_gone(pid: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    while process_alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} is still alive");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Runs `warren` with arguments; returns (exit code, stdout, stderr).
+pub fn run_warren(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(warren_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("WARREN_SIGNING_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
