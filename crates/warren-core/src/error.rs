@@ -11,6 +11,8 @@ pub enum ErrorCode {
     AuthInvalidUserId,
     AuthBadSignature,
     AuthExpired,
+    /// The request is not one the gateway can serve (a broken WebSocket handshake).
+    BadRequest,
     /// Every sandbox slot is busy and the admission queue is full or timed out.
     CapacityExhausted,
     /// The sandbox did not become ready, or exited while starting.
@@ -30,6 +32,7 @@ impl ErrorCode {
             ErrorCode::AuthInvalidUserId => "auth_invalid_user_id",
             ErrorCode::AuthBadSignature => "auth_bad_signature",
             ErrorCode::AuthExpired => "auth_expired",
+            ErrorCode::BadRequest => "bad_request",
             ErrorCode::CapacityExhausted => "capacity_exhausted",
             ErrorCode::SandboxStartFailed => "sandbox_start_failed",
             ErrorCode::SandboxUnreachable => "sandbox_unreachable",
@@ -46,6 +49,7 @@ impl ErrorCode {
             | ErrorCode::AuthInvalidUserId
             | ErrorCode::AuthBadSignature
             | ErrorCode::AuthExpired => 401,
+            ErrorCode::BadRequest => 400,
             ErrorCode::CapacityExhausted | ErrorCode::ShuttingDown => 503,
             ErrorCode::SandboxStartFailed | ErrorCode::SandboxUnreachable => 502,
             ErrorCode::Internal => 500,

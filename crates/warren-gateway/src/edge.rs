@@ -210,3 +210,24 @@ async fn forward(
     }
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path_of(uri: &str) -> String {
+        upstream_path(&Request::get(uri).body(Body::empty()).unwrap())
+    }
+
+    #[test]
+    fn the_upstream_path_keeps_everything_but_the_credential() {
+        assert_eq!(path_of("/ws?userId=u&exp=1&sig=s"), "/ws");
+        assert_eq!(
+            path_of("/ws/api/history?userId=u&exp=1&sig=s&limit=5"),
+            "/api/history?limit=5"
+        );
+        assert_eq!(path_of("/api/history"), "/api/history");
+        assert_eq!(path_of("/a/b?x=1&y=2"), "/a/b?x=1&y=2");
+        assert_eq!(path_of("/ws/api/historyx"), "/ws/api/historyx");
+    }
+}

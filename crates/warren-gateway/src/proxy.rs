@@ -165,6 +165,13 @@ pub async fn websocket(
     strip: &Strip<'_>,
     lease: Lease,
 ) -> Result<Response<Body>, ApiError> {
+    // Check the client's half of the handshake before opening the agent's.
+    if websocket::accept(request.headers(), None).is_none() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade needs Sec-WebSocket-Key and version 13",
+        ));
+    }
     let unreachable = || {
         ApiError::new(
             ErrorCode::SandboxUnreachable,
@@ -291,4 +298,70 @@ fn close(code: CloseCode, reason: &'static str) -> Message {
         code,
         reason: reason.into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_headers_drops_hop_by_hop_and_the_gateways_credential() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop"),
+        );
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer u.1.sig"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; warren_session=u.1.sig"),
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        clean_headers(
+            &mut headers,
+            &Strip {
+                authorization: true,
+                cookie_name: "warren_session",
+            },
+        );
+        let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "cookie"]);
+        assert_eq!(headers.get(header::COOKIE).unwrap(), "a=1; b=2");
+    }
+
+    #[test]
+    fn an_authorization_the_gateway_did_not_use_is_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer for-the-agent"),
+        );
+        headers.insert(header::COOKIE, HeaderValue::from_static("warren_session=x"));
+        clean_headers(
+            &mut headers,
+            &Strip {
+                authorization: false,
+                cookie_name: "warren_session",
+            },
+        );
+        assert_eq!(
+            headers.get(header::AUTHORIZATION).unwrap(),
+            "Bearer for-the-agent"
+        );
+        assert!(
+            headers.get(header::COOKIE).is_none(),
+            "an emptied cookie header is removed"
+        );
+    }
 }

@@ -596,3 +596,16 @@ async fn config_errors_name_the_key_and_exit_non_zero() {
     assert_ne!(code, 0);
     assert!(err.contains("standard-9"), "{err}");
 }
+
+#[tokio::test]
+async fn a_broken_websocket_handshake_gets_400_not_a_sandbox_error() {
+    let gw = Gateway::start("");
+    let req = Request::get(gw.url(&format!("/ws?{}", gw.query("user_a"))))
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .body(Full::default())
+        .unwrap();
+    let reply = gw.request(req).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.code(), "bad_request");
+}
