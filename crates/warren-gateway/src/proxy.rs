@@ -252,43 +252,47 @@ where
     while !(client_done && agent_done) {
         let grace = closing_since.map(|t| t + CLOSE_GRACE);
         tokio::select! {
-            msg = client_rx.next(), if !client_done => match msg {
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(frame))) => {
-                    closing_since.get_or_insert_with(tokio::time::Instant::now);
-                    let _ = agent_tx.send(Message::Close(frame)).await;
-                }
-                Some(Ok(msg)) => {
-                    lease.touch();
-                    let _ = agent_tx.send(msg).await;
-                }
-                None | Some(Err(_)) => {
-                    client_done = true;
-                    if closing_since.is_none() {
-                        closing_since = Some(tokio::time::Instant::now());
-                        let _ = agent_tx.send(close(CloseCode::Away, "client went away")).await;
-                    }
-                }
-            },
-            msg = agent_rx.next(), if !agent_done => match msg {
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(frame))) => {
-                    closing_since.get_or_insert_with(tokio::time::Instant::now);
-                    let _ = client_tx.send(Message::Close(frame)).await;
-                }
-                Some(Ok(msg)) => {
-                    lease.touch();
-                    let _ = client_tx.send(msg).await;
-                }
-                None | Some(Err(_)) => {
-                    agent_done = true;
-                    if closing_since.is_none() {
-                        closing_since = Some(tokio::time::Instant::now());
-                        let _ = client_tx.send(close(CloseCode::Error, "sandbox stopped")).await;
-                    }
-                }
-            },
+            item = client_rx.next(), if !client_done => {
+                let farewell = close(CloseCode::Away, "client went away");
+                client_done = pass_on(item, &mut agent_tx, &lease, &mut closing_since, farewell).await;
+            }
+            item = agent_rx.next(), if !agent_done => {
+                let farewell = close(CloseCode::Error, "sandbox stopped");
+                agent_done = pass_on(item, &mut client_tx, &lease, &mut closing_since, farewell).await;
+            }
             _ = sleep_until_opt(grace) => break,
+        }
+    }
+}
+
+/// Passes one item read from a side to the other side. Returns whether the reading
+/// side has ended; a side that ends without a close makes the other get `farewell`.
+async fn pass_on<S: futures_util::Sink<Message> + Unpin>(
+    item: Option<Result<Message, tungstenite::Error>>,
+    to: &mut S,
+    lease: &Lease,
+    closing_since: &mut Option<tokio::time::Instant>,
+    farewell: Message,
+) -> bool {
+    match item {
+        // Each hop answers its own pings.
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => false,
+        Some(Ok(close @ Message::Close(_))) => {
+            closing_since.get_or_insert_with(tokio::time::Instant::now);
+            let _ = to.send(close).await;
+            false
+        }
+        Some(Ok(message)) => {
+            lease.touch();
+            let _ = to.send(message).await;
+            false
+        }
+        None | Some(Err(_)) => {
+            if closing_since.is_none() {
+                *closing_since = Some(tokio::time::Instant::now());
+                let _ = to.send(farewell).await;
+            }
+            true
         }
     }
 }
