@@ -94,6 +94,8 @@ pub enum RuntimeError {
     EmptyCommand,
     #[error("cannot signal the sandbox: {0}")]
     Signal(nix::Error),
+    #[error("the sandbox did not stop within {0:?}")]
+    FreezeTimeout(Duration),
 }
 
 #[async_trait]
@@ -107,4 +109,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The workspace directory of a tenant, whether or not its sandbox runs.
     fn workspace(&self, tenant: &TenantId) -> PathBuf;
+
+    /// Stops every process of the sandbox until `thaw`, returning once they are all
+    /// stopped, so a capture sees the workspace at one moment.
+    fn freeze(&self, sandbox: &Sandbox) -> Result<(), RuntimeError>;
+
+    /// Lets a frozen sandbox run again.
+    fn thaw(&self, sandbox: &Sandbox);
 }

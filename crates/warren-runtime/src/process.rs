@@ -20,23 +20,19 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::sync::watch;
 use warren_core::TenantId;
+use warren_core::layout::Layout;
 
 use crate::{Exit, Runtime, RuntimeError, Sandbox, SandboxSpec};
 
 pub struct ProcessRuntime {
-    tenants_dir: PathBuf,
+    layout: Layout,
 }
 
 impl ProcessRuntime {
     pub fn new(data_dir: &Path) -> Self {
         Self {
-            tenants_dir: data_dir.join("tenants"),
+            layout: Layout::new(data_dir),
         }
-    }
-
-    fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
-        // Tenant ids are validated to be a single safe path component.
-        self.tenants_dir.join(tenant.as_str())
     }
 }
 
@@ -70,8 +66,8 @@ impl Runtime for ProcessRuntime {
             .command
             .split_first()
             .ok_or(RuntimeError::EmptyCommand)?;
-        let dir = self.tenant_dir(&spec.tenant);
-        let workspace = dir.join("workspace");
+        let dir = self.layout.tenant_dir(&spec.tenant);
+        let workspace = self.layout.workspace(&spec.tenant);
         let prepare = |path: &Path| RuntimeError::Workspace {
             path: path.to_owned(),
             source: std::io::Error::last_os_error(),
@@ -83,7 +79,7 @@ impl Runtime for ProcessRuntime {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("agent.log"))
+            .open(self.layout.agent_log(&spec.tenant))
             .map_err(|_| prepare(&dir))?;
         let log_err = log.try_clone().map_err(|_| prepare(&dir))?;
 
@@ -158,8 +154,65 @@ impl Runtime for ProcessRuntime {
     }
 
     fn workspace(&self, tenant: &TenantId) -> PathBuf {
-        self.tenant_dir(tenant).join("workspace")
+        self.layout.workspace(tenant)
     }
+
+    fn freeze(&self, sandbox: &Sandbox) -> Result<(), RuntimeError> {
+        freeze_group(sandbox.pid, FREEZE_TIMEOUT)
+    }
+
+    fn thaw(&self, sandbox: &Sandbox) {
+        thaw_group(sandbox.pid);
+    }
+}
+
+/// How long a freeze may take before it is given up.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The members of process group `pgid`, from `/proc` (field 5 of `stat`).
+fn group_members(pgid: u32) -> Vec<(u32, char)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let group: u32 = fields.nth(1)?.parse().ok()?;
+            (group == pgid).then_some((pid, state))
+        })
+        .collect()
+}
+
+/// SIGSTOPs process group `pgid` and waits until every member is stopped (`T`) or
+/// gone. Without cgroups this is the freezer: a stopped process is paused between
+/// system calls, so files are seen as they are between two writes.
+pub fn freeze_group(pgid: u32, timeout: Duration) -> Result<(), RuntimeError> {
+    match killpg(Pid::from_raw(pgid as i32), Signal::SIGSTOP) {
+        Ok(()) => {}
+        Err(nix::Error::ESRCH) => return Ok(()),
+        Err(e) => return Err(RuntimeError::Signal(e)),
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // Zombies and dead processes cannot write either.
+        if group_members(pgid)
+            .iter()
+            .all(|(_, state)| matches!(state, 'T' | 't' | 'Z' | 'X'))
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            thaw_group(pgid);
+            return Err(RuntimeError::FreezeTimeout(timeout));
+        }
+        std::thread::yield_now();
+    }
+}
+
+pub fn thaw_group(pgid: u32) {
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGCONT);
 }
 
 #[cfg(test)]
@@ -239,6 +292,49 @@ mod tests {
                 "WARREN_WORKSPACE"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn freeze_stops_every_process_of_the_group_until_thaw() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        // A parent and a child, both counting into files.
+        let script = "(while :; do echo x >> child; done) & while :; do echo x >> parent; done";
+        let sandbox = rt.start(&spec("user_a", script)).await.unwrap();
+        let size = |name: &str| {
+            std::fs::metadata(sandbox.workspace.join(name))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size("child") == 0 || size("parent") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writers never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        rt.freeze(&sandbox).unwrap();
+        let frozen = (size("child"), size("parent"));
+        // A stopped group makes no progress, however long we look.
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+            assert_eq!((size("child"), size("parent")), frozen);
+        }
+        assert!(
+            group_members(sandbox.pid).iter().all(|(_, s)| *s == 'T'),
+            "every member is stopped"
+        );
+        rt.thaw(&sandbox);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while (size("child"), size("parent")) == frozen {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the group never resumed"
+            );
+            tokio::task::yield_now().await;
+        }
+        rt.stop(&sandbox, Duration::from_millis(100)).await.unwrap();
     }
 
     #[test]

@@ -1,0 +1,494 @@
+//! The sync engine: one per gateway (or CLI run), serializing all store work of a
+//! tenant behind that tenant's lock, so a restore never races a capture.
+//!
+//! When sync happens:
+//! - `watch`: while a sandbox runs, file changes (inotify) start a snapshot after
+//!   `debounce` of quiet, and at most `max_delay` after the first change; a safety
+//!   pass runs every `safety_interval` to catch what events missed. Failures retry with
+//!   backoff (1 s doubling to 30 s) and the tenant's status says so until it catches up.
+//! - `sync`: on every stop (the gateway calls it once the process is gone), from the
+//!   CLI, and from the sweep.
+//! - `prepare`: before a sandbox starts, restore the workspace if the store holds a
+//!   newer snapshot than the local copy matches; a matching copy is used as is.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use warren_core::TenantId;
+use warren_core::layout::Layout;
+
+use crate::local::LocalState;
+use crate::restore::{materialize_newest_intact, staging_path, state_after_restore};
+use crate::retention::{RetentionPolicy, RetentionReport};
+use crate::snapshot::{SnapshotRecord, SyncReport, sync_workspace};
+use crate::store::Store;
+use crate::{Freeze, StoreError, unix_ms};
+
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub debounce: Duration,
+    pub max_delay: Duration,
+    pub safety_interval: Duration,
+    pub upload_concurrency: usize,
+    pub retention: RetentionPolicy,
+}
+
+/// What `/api/status` and the CLI show of a tenant's sync.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    /// The snapshot the workspace last matched.
+    pub seq: Option<u64>,
+    pub last_sync_ms: Option<u64>,
+    /// Changes seen since this time are not in the store yet.
+    pub pending_since_ms: Option<u64>,
+    pub failing_since_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct TenantSync {
+    lock: tokio::sync::Mutex<()>,
+    status: Mutex<SyncStatus>,
+}
+
+/// What `prepare` did before a start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// The local copy matches the newest snapshot (or there is none): used as is.
+    Current,
+    /// The workspace was restored from this snapshot.
+    Restored {
+        seq: u64,
+        set_aside: Option<PathBuf>,
+    },
+}
+
+/// What one tenant's part of a sweep did.
+#[derive(Debug, Serialize)]
+pub struct SweepItem {
+    pub tenant: String,
+    pub seq: Option<u64>,
+    pub created: bool,
+    pub bytes_uploaded: u64,
+    pub elapsed_ms: u64,
+    pub error: Option<String>,
+    pub retention: Option<RetentionReport>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SweepReport {
+    pub tenants: usize,
+    pub snapshots_created: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub bytes_uploaded: u64,
+    pub elapsed_ms: u64,
+}
+
+pub struct SyncEngine {
+    store: Store,
+    layout: Layout,
+    settings: SyncSettings,
+    writer: String,
+    tenants: Mutex<HashMap<TenantId, Arc<TenantSync>>>,
+}
+
+impl SyncEngine {
+    pub fn new(store: Store, layout: Layout, settings: SyncSettings, writer: String) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            layout,
+            settings,
+            writer,
+            tenants: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Arc<TenantSync> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.clone())
+            .or_default()
+            .clone()
+    }
+
+    pub fn status(&self, tenant: &TenantId) -> SyncStatus {
+        let t = self.tenant(tenant);
+        let mut status = t.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if status.seq.is_none() {
+            status.seq = LocalState::load(&self.layout.sync_state(tenant)).seq;
+        }
+        status
+    }
+
+    fn update(&self, tenant: &TenantId, f: impl FnOnce(&mut SyncStatus)) {
+        let t = self.tenant(tenant);
+        f(&mut t.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Captures the workspace and adds a snapshot if anything changed.
+    pub async fn sync(
+        &self,
+        tenant: &TenantId,
+        freeze: Option<&dyn Freeze>,
+    ) -> Result<SyncReport, StoreError> {
+        let t = self.tenant(tenant);
+        let _guard = t.lock.lock().await;
+        let workspace = self.layout.workspace(tenant);
+        if !workspace.exists() {
+            return Ok(SyncReport::default());
+        }
+        let result = sync_workspace(
+            &self.store,
+            tenant,
+            &workspace,
+            &self.layout.sync_state(tenant),
+            freeze,
+            &self.writer,
+            self.settings.upload_concurrency,
+        )
+        .await;
+        let now = unix_ms();
+        self.update(tenant, |s| match &result {
+            Ok(report) => {
+                s.seq = report.seq;
+                s.last_sync_ms = Some(now);
+                s.failing_since_ms = None;
+                s.last_error = None;
+            }
+            Err(e) => {
+                s.failing_since_ms.get_or_insert(now);
+                s.last_error = Some(e.to_string());
+            }
+        });
+        match &result {
+            Ok(r) if r.created => {
+                tracing::info!(%tenant, seq = r.seq, chunks = r.chunks_uploaded, bytes = r.bytes_uploaded,
+                frozen_ms = r.frozen_ms, elapsed_ms = r.elapsed_ms, "snapshot added")
+            }
+            Ok(_) => tracing::debug!(%tenant, "workspace unchanged"),
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "sync failed; changes stay local until it succeeds")
+            }
+        }
+        result
+    }
+
+    /// Makes the workspace match the newest snapshot before a start, unless the local
+    /// copy already does (then nothing is read or written).
+    pub async fn prepare(&self, tenant: &TenantId) -> Result<Prepared, StoreError> {
+        let t = self.tenant(tenant);
+        let _guard = t.lock.lock().await;
+        let workspace = self.layout.workspace(tenant);
+        let state_path = self.layout.sync_state(tenant);
+        let local = LocalState::load(&state_path);
+        let seqs = match self.store.snapshot_seqs(tenant).await {
+            Ok(seqs) => seqs,
+            // The store is down: a local copy is the best there is; without one we
+            // cannot tell a new tenant from a lost disk, so refuse rather than start empty.
+            Err(e) if workspace.exists() => {
+                tracing::warn!(%tenant, error = %e, "store unreachable; starting from the local copy");
+                return Ok(Prepared::Current);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(&head) = seqs.last() else {
+            std::fs::create_dir_all(&workspace)?;
+            return Ok(Prepared::Current);
+        };
+        if workspace.exists() && local.seq.is_some_and(|s| s >= head) {
+            return Ok(Prepared::Current);
+        }
+        let staging = staging_path(&workspace, "restore");
+        std::fs::create_dir_all(self.layout.tenant_dir(tenant))?;
+        let (seq, manifest) = materialize_newest_intact(
+            &self.store,
+            tenant,
+            &seqs,
+            &staging,
+            self.settings.upload_concurrency,
+        )
+        .await?;
+        let set_aside = self.set_aside(tenant, &workspace, &local)?;
+        std::fs::rename(&staging, &workspace)?;
+        state_after_restore(&workspace, seq, manifest)?.save(&state_path)?;
+        self.update(tenant, |s| s.seq = Some(seq));
+        tracing::info!(%tenant, seq, set_aside = ?set_aside, "workspace restored from the store");
+        Ok(Prepared::Restored { seq, set_aside })
+    }
+
+    /// Moves an existing workspace out of the way. A copy with changes no snapshot
+    /// holds is kept under `conflicts/`; one that matches its snapshot is deleted.
+    fn set_aside(
+        &self,
+        tenant: &TenantId,
+        workspace: &std::path::Path,
+        local: &LocalState,
+    ) -> Result<Option<PathBuf>, StoreError> {
+        if !workspace.exists() {
+            return Ok(None);
+        }
+        let captured = crate::capture::capture(workspace, local, i64::MAX)?;
+        let unsynced = local.seq.is_none() && !captured.entries.is_empty()
+            || !captured.contents.is_empty()
+            || captured.entries.len() != local.manifest.entries.len();
+        if unsynced {
+            let dir = self.layout.conflicts(tenant);
+            std::fs::create_dir_all(&dir)?;
+            let kept = dir.join(format!("workspace-{}", unix_ms()));
+            std::fs::rename(workspace, &kept)?;
+            tracing::warn!(%tenant, kept = %kept.display(), "the local workspace had changes no snapshot holds; kept aside");
+            Ok(Some(kept))
+        } else {
+            std::fs::remove_dir_all(workspace)?;
+            Ok(None)
+        }
+    }
+
+    /// Every snapshot of a tenant, oldest first.
+    pub async fn snapshots(&self, tenant: &TenantId) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let mut out = Vec::new();
+        for seq in self.store.snapshot_seqs(tenant).await? {
+            out.push(self.store.snapshot(tenant, seq).await?);
+        }
+        Ok(out)
+    }
+
+    /// Point-in-time restore: makes snapshot `seq` the workspace and the new head (a
+    /// new snapshot with its content), so later starts keep it. The sandbox must not
+    /// run. The workspace it replaces is synced first, so nothing is lost.
+    pub async fn restore_to(&self, tenant: &TenantId, seq: u64) -> Result<SyncReport, StoreError> {
+        self.sync(tenant, None).await?;
+        let t = self.tenant(tenant);
+        let _guard = t.lock.lock().await;
+        let workspace = self.layout.workspace(tenant);
+        let staging = staging_path(&workspace, "restore");
+        let record = self.store.snapshot(tenant, seq).await?;
+        let _ = std::fs::remove_dir_all(&staging);
+        let manifest = crate::restore::materialize(
+            &self.store,
+            tenant,
+            &record,
+            &staging,
+            self.settings.upload_concurrency,
+        )
+        .await
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&staging);
+        })?;
+        if workspace.exists() {
+            std::fs::remove_dir_all(&workspace)?;
+        }
+        std::fs::rename(&staging, &workspace)?;
+        // Keep the head as parent, so the new snapshot is added after it.
+        let head = self.store.snapshot_seqs(tenant).await?.last().copied();
+        let mut state = state_after_restore(&workspace, seq, manifest)?;
+        if let Some(head) = head {
+            let head_record = self.store.snapshot(tenant, head).await?;
+            state.manifest =
+                crate::snapshot::read_manifest(&self.store, tenant, &head_record).await?;
+            state.seq = Some(head);
+            // The stats describe the restored files, not the head's: read them all.
+            state.stats.clear();
+        }
+        state.save(&self.layout.sync_state(tenant))?;
+        drop(_guard);
+        self.sync(tenant, None).await
+    }
+
+    /// Thins a tenant's snapshots and collects unreferenced chunks.
+    pub async fn retention(&self, tenant: &TenantId) -> Result<RetentionReport, StoreError> {
+        let t = self.tenant(tenant);
+        let _guard = t.lock.lock().await;
+        crate::retention::apply(&self.store, tenant, &self.settings.retention, unix_ms()).await
+    }
+
+    /// Syncs EVERY tenant with a workspace on this machine, then applies retention, at
+    /// most `concurrency` at a time. `freeze_for` gives the freeze of a running sandbox;
+    /// `progress` hears of each tenant as it finishes.
+    pub async fn sweep(
+        self: &Arc<Self>,
+        concurrency: usize,
+        freeze_for: &(dyn Fn(&TenantId) -> Option<Arc<dyn Freeze>> + Sync),
+        progress: &(dyn Fn(&SweepItem) + Sync),
+    ) -> Result<SweepReport, StoreError> {
+        let started = Instant::now();
+        let tenants = self.layout.local_tenants()?;
+        let mut report = SweepReport {
+            tenants: tenants.len(),
+            ..SweepReport::default()
+        };
+        let jobs = tenants.into_iter().map(|tenant| {
+            let freeze = freeze_for(&tenant);
+            let engine = self.clone();
+            async move { engine.sweep_one(tenant, freeze).await }
+        });
+        let jobs: Vec<_> = jobs.collect();
+        let mut items = futures_util::stream::iter(jobs).buffer_unordered(concurrency.max(1));
+        while let Some(item) = items.next().await {
+            progress(&item);
+            match (&item.error, item.created) {
+                (Some(_), _) => report.failed += 1,
+                (None, true) => report.snapshots_created += 1,
+                (None, false) => report.unchanged += 1,
+            }
+            report.bytes_uploaded += item.bytes_uploaded;
+        }
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    async fn sweep_one(&self, tenant: TenantId, freeze: Option<Arc<dyn Freeze>>) -> SweepItem {
+        let mut item = SweepItem {
+            tenant: tenant.to_string(),
+            seq: None,
+            created: false,
+            bytes_uploaded: 0,
+            elapsed_ms: 0,
+            error: None,
+            retention: None,
+        };
+        match self.sync(&tenant, freeze.as_deref()).await {
+            Ok(r) => {
+                (item.seq, item.created, item.bytes_uploaded, item.elapsed_ms) =
+                    (r.seq, r.created, r.bytes_uploaded, r.elapsed_ms);
+                match self.retention(&tenant).await {
+                    Ok(retention) => item.retention = Some(retention),
+                    Err(e) => tracing::warn!(%tenant, error = %e, "retention failed"),
+                }
+            }
+            Err(e) => item.error = Some(e.to_string()),
+        }
+        item
+    }
+
+    /// Syncs a running sandbox's workspace as it changes, until the returned `Watch`
+    /// is stopped or dropped.
+    pub fn watch(self: &Arc<Self>, tenant: TenantId, freeze: Arc<dyn Freeze>) -> Watch {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let engine = self.clone();
+        let task = tokio::spawn(async move { engine.watch_loop(tenant, freeze, stop_rx).await });
+        Watch {
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    async fn watch_loop(
+        self: Arc<Self>,
+        tenant: TenantId,
+        freeze: Arc<dyn Freeze>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let (tx, mut changes) = mpsc::unbounded_channel::<()>();
+        let mut watcher = match notify::recommended_watcher(
+            move |event: notify::Result<notify::Event>| {
+                // Reads (including our own capture's) are not changes.
+                if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
+                    let _ = tx.send(());
+                }
+            },
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "no file watcher; relying on the safety pass");
+                None
+            }
+        };
+        let workspace = self.layout.workspace(&tenant);
+        if let Some(w) = watcher.as_mut()
+            && let Err(e) = w.watch(&workspace, RecursiveMode::Recursive)
+        {
+            tracing::warn!(%tenant, error = %e, "cannot watch the workspace; relying on the safety pass");
+        }
+
+        let mut pending_since: Option<Instant> = None;
+        let mut due: Option<Instant> = None;
+        let mut backoff = Duration::from_secs(1);
+        let mut safety = tokio::time::interval_at(
+            Instant::now() + self.settings.safety_interval,
+            self.settings.safety_interval,
+        );
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(()) = changes.recv() => {
+                    let now = Instant::now();
+                    let first = *pending_since.get_or_insert(now);
+                    if pending_since == Some(now) {
+                        self.update(&tenant, |s| { s.pending_since_ms.get_or_insert(unix_ms()); });
+                    }
+                    // Trailing debounce, but never later than max_delay after the first change.
+                    let debounced = (now + self.settings.debounce).min(first + self.settings.max_delay);
+                    due = Some(due.map_or(debounced, |d| d.max(debounced).min(first + self.settings.max_delay)));
+                }
+                _ = crate_sleep_until(due) => {
+                    due = None;
+                    match self.sync(&tenant, Some(&*freeze)).await {
+                        Ok(_) => {
+                            backoff = Duration::from_secs(1);
+                            // Changes that came during the sync keep their own timer.
+                            if pending_since.is_some_and(|p| changes.is_empty() && p <= Instant::now()) {
+                                pending_since = None;
+                                self.update(&tenant, |s| s.pending_since_ms = None);
+                            }
+                        }
+                        Err(_) => {
+                            due = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+                _ = safety.tick() => {
+                    if due.is_none() {
+                        due = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn crate_sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A running watch. `stop` ends it and waits for an in-flight sync to finish.
+pub struct Watch {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Watch {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
