@@ -1,0 +1,319 @@
+//! The processes a benchmark runs: the gateway, a stand-alone echo agent, and a guard
+//! that stops each of them (SIGTERM, then SIGKILL after a deadline) however the
+//! benchmark ends, so a failed run leaves nothing behind.
+//!
+//! Readiness is always a real condition with a deadline: the gateway's "listening"
+//! line on stdout, or an answer from the process's own port.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use warren_core::TenantId;
+use warren_core::auth::Signer;
+
+use crate::client::HttpConn;
+
+/// How long a process may take to become ready.
+const READY_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a process gets between SIGTERM and SIGKILL. The gateway stops every
+/// sandbox first, so it gets longer.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// The signing secret of every gateway the benchmark starts.
+const SIGNING_SECRET: &str = "warren-bench-signing-secret";
+
+/// A child process that is stopped when dropped.
+pub struct Spawned {
+    name: String,
+    child: Child,
+    /// Where its stderr goes, shown when it fails.
+    log: PathBuf,
+}
+
+impl Spawned {
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Self> {
+        let stderr = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        command
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(false);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Fails, with the end of its log, if the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("{} exited ({status}):\n{}", self.name, tail.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, wait up to `STOP_GRACE`, then SIGKILL. Returns how long the stop took.
+    pub async fn stop(mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let Some(pid) = self.child.id() else {
+            return Ok(Duration::ZERO);
+        };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                // nginx and the gateway exit 0 on SIGTERM; the echo agent dies of it.
+                if !status.success() && status.code().is_some() {
+                    bail!("{} exited with {status} when stopped", self.name);
+                }
+                Ok(started.elapsed())
+            }
+            Err(_) => {
+                self.child.start_kill()?;
+                self.child.wait().await?;
+                bail!(
+                    "{} ignored SIGTERM for {STOP_GRACE:?}; killed it",
+                    self.name
+                )
+            }
+        }
+    }
+}
+
+impl Drop for Spawned {
+    /// The error path: the process was not stopped with `stop`. Blocks briefly.
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + STOP_GRACE;
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.start_kill();
+        let _ = self.child.try_wait();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `GET path` at `address` until it answers 200, the process exits, or the
+/// deadline passes.
+pub async fn wait_http_ok(
+    process: &mut Spawned,
+    address: SocketAddr,
+    path: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_DEADLINE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        process.check_alive()?;
+        match HttpConn::connect(address).await {
+            Ok(mut conn) => match conn.get(path, None).await {
+                Ok(r) if r.status == http::StatusCode::OK => return Ok(()),
+                Ok(r) => last = format!("status {}", r.status),
+                Err(e) => last = format!("{e:#}"),
+            },
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bail!(
+        "{} not ready at {address} within {READY_DEADLINE:?} (last: {last})",
+        process.name
+    )
+}
+
+/// A stand-alone `warren echo-agent`, the same code every sandbox runs.
+pub struct EchoAgent {
+    pub process: Spawned,
+    pub address: SocketAddr,
+}
+
+impl EchoAgent {
+    pub async fn start(warren: &Path, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let workspace = dir.join("agent-workspace");
+        let mut command = Command::new(warren);
+        command
+            .arg("echo-agent")
+            .arg("--listen")
+            .arg(address.to_string())
+            .arg("--workspace")
+            .arg(&workspace)
+            .stdout(Stdio::null());
+        let mut process = Spawned::spawn("echo agent", command, &dir.join("agent.log"))?;
+        wait_http_ok(&mut process, address, "/healthz").await?;
+        Ok(Self { process, address })
+    }
+}
+
+/// A `warren serve` on 127.0.0.1:0 with its own config and data dir.
+pub struct Gateway {
+    pub process: Spawned,
+    pub address: SocketAddr,
+    pub data_dir: PathBuf,
+    signer: Signer,
+}
+
+impl Gateway {
+    /// Starts a gateway whose sandboxes never sleep by themselves, with at most
+    /// `max_instances` running at once.
+    pub async fn start(warren: &Path, dir: &Path, max_instances: usize) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("warren.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "max_instances = {max_instances}\n\
+                 sleep_after = \"never\"\n\
+                 [auth]\nsigning_secret = \"{SIGNING_SECRET}\"\n\
+                 [admission]\nqueue_timeout = \"30s\"\n\
+                 [log]\nlevel = \"warn\"\n"
+            ),
+        )?;
+        let data_dir = dir.join("data");
+        let mut command = Command::new(warren);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("WARREN_SIGNING_SECRET")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped());
+        let mut process = Spawned::spawn("warren serve", command, &dir.join("gateway.log"))?;
+        let stdout = process.child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = tokio::time::timeout(READY_DEADLINE, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("warren listening on http://") {
+                    return Ok(url.trim().parse::<SocketAddr>()?);
+                }
+            }
+            anyhow::Ok(None::<SocketAddr>.context("stdout closed")?)
+        })
+        .await;
+        let address = match listening {
+            Ok(Ok(address)) => address,
+            Ok(Err(e)) => {
+                process.check_alive()?;
+                return Err(e.context("the gateway did not say where it listens"));
+            }
+            Err(_) => bail!("the gateway did not start listening within {READY_DEADLINE:?}"),
+        };
+        // Keep the pipe drained so a chatty stdout can never block the gateway.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            process,
+            address,
+            data_dir,
+            signer: Signer::new(SIGNING_SECRET.as_bytes()),
+        })
+    }
+
+    /// The `Cookie` header value a browser holds after its first signed URL.
+    pub fn cookie(&self, user: &str) -> anyhow::Result<String> {
+        let tenant = TenantId::parse(user).map_err(|e| anyhow::anyhow!("{user}: {e:?}"))?;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 3600;
+        Ok(format!(
+            "warren_session={}",
+            self.signer.token(&tenant, exp)
+        ))
+    }
+}
+
+/// Processes whose working directory is under `dir`: the sandboxes of a gateway whose
+/// data dir it is (each agent runs in its workspace).
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
+}
+
+/// Resident memory of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `utime + stime` of one process, in clock ticks, and its parent.
+fn cpu_and_parent(pid: u32) -> Option<(u64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: ppid is the 4th field of
+    // the line, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((ticks, fields.get(1)?.parse().ok()?))
+}
+
+/// CPU time (user + system) `pid` has used, in clock ticks; with `children`, its
+/// direct children's too (nginx's workers).
+pub fn cpu_ticks(pid: u32, children: bool) -> u64 {
+    let own = cpu_and_parent(pid).map_or(0, |(t, _)| t);
+    if !children {
+        return own;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return own;
+    };
+    own + entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(cpu_and_parent)
+        .filter(|&(_, ppid)| ppid == pid)
+        .map(|(t, _)| t)
+        .sum::<u64>()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux seen in practice).
+pub fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100)
+}

@@ -1,0 +1,151 @@
+//! `warren-bench`: the project's benchmark (`scripts/bench` builds and runs it).
+//!
+//! It measures the numbers DESIGN.md sets goals for, on this machine, against real
+//! processes on 127.0.0.1: the cold start of sleeping tenants, phase by phase, and the
+//! proxy's latency and throughput side by side with nginx in front of the same agent.
+//! It starts every process itself and stops each of them however it ends; it prints a
+//! markdown report on stdout and its progress on stderr.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use clap::{Parser, ValueEnum};
+
+mod client;
+mod cold_start;
+mod launch;
+mod load;
+mod nginx;
+mod proxy;
+mod report;
+
+#[derive(Parser)]
+#[command(
+    name = "warren-bench",
+    about = "Benchmark warren: cold starts, and its proxy next to nginx"
+)]
+struct Args {
+    /// The warren binary (a release build).
+    #[arg(long, default_value = "target/release/warren")]
+    warren: PathBuf,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+    /// Which scenarios to run.
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    only: Only,
+    /// New users woken one after another in the cold-start run.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// New users woken at capacity, each evicting the least recently used (0: skip).
+    #[arg(long, default_value_t = 50)]
+    capacity_users: usize,
+    /// `max_instances` of the at-capacity run.
+    #[arg(long, default_value_t = 4)]
+    capacity: usize,
+    /// Rounds of the proxy comparison; each measures every metric on every target.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Round trips of each latency run (per target and round).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Connections of each throughput run.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds of each throughput run (per target and round).
+    #[arg(long, default_value_t = 2)]
+    duration_secs: u64,
+    /// Bytes in each request body and WebSocket message.
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    All,
+    ColdStart,
+    Proxy,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warren-bench: cannot start tokio: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    ensure!(
+        args.warren.is_file(),
+        "{} not found: build it with `cargo build --release -p warren`, or pass --warren",
+        args.warren.display()
+    );
+    ensure!(
+        args.users > 0 && args.rounds > 0 && args.requests > 0 && args.connections > 0,
+        "counts must be positive"
+    );
+    let warren = std::fs::canonicalize(&args.warren)?;
+    // Canonical, so sandboxes are recognised by their working directory under it.
+    let scratch = tempfile::Builder::new().prefix("warren-bench-").tempdir()?;
+    let dir = std::fs::canonicalize(scratch.path())?;
+
+    let command: Vec<String> = std::env::args().collect();
+    report::machine(&command.join(" "), &warren, &args.nginx);
+
+    if args.only != Only::Proxy {
+        eprintln!("cold start: {} users...", args.users);
+        let limit = args.users + 8;
+        let run = cold_start::run(&warren, &dir.join("cold"), limit, 0, args.users)
+            .await
+            .context("cold start")?;
+        report::cold_start("Cold start of sleeping tenants", &run);
+
+        if args.capacity_users > 0 {
+            eprintln!(
+                "cold start at capacity: {} users, max_instances = {}...",
+                args.capacity_users, args.capacity
+            );
+            let run = cold_start::run(
+                &warren,
+                &dir.join("capacity"),
+                args.capacity,
+                args.capacity,
+                args.capacity_users,
+            )
+            .await
+            .context("cold start at capacity")?;
+            report::cold_start(
+                "Cold start at capacity (each start evicts the LRU idle sandbox)",
+                &run,
+            );
+        }
+    }
+
+    if args.only != Only::ColdStart {
+        eprintln!("proxy: direct, warren and nginx...");
+        let settings = proxy::Settings {
+            rounds: args.rounds,
+            requests: args.requests,
+            connections: args.connections,
+            duration: Duration::from_secs(args.duration_secs),
+            body_bytes: args.body_bytes,
+        };
+        let run = proxy::run(&warren, &args.nginx, &dir.join("proxy"), &settings)
+            .await
+            .context("proxy overhead")?;
+        report::proxy(&run, &settings);
+    }
+    Ok(())
+}
