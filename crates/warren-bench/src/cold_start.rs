@@ -16,7 +16,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::client::HttpConn;
-use crate::launch::{Gateway, processes_under, rss_kib};
+use crate::launch::{Gateway, GatewayStopped, processes_under, rss_kib};
 use crate::load::Samples;
 
 /// The request that wakes a sandbox.
@@ -35,10 +35,8 @@ pub struct ColdStart {
     pub sandboxes_running: usize,
     pub gateway_rss_kib: u64,
     pub sandboxes_rss_kib: u64,
-    /// How long `SIGTERM` to exit took, stopping every sandbox.
-    pub gateway_stop: Duration,
-    /// Sandbox processes still there after the gateway exited.
-    pub leaked: usize,
+    /// How the gateway stopped, with every sandbox running.
+    pub stopped: GatewayStopped,
 }
 
 /// The phases of one start, from a `Server-Timing` value such as
@@ -135,16 +133,7 @@ pub async fn run(
     let gateway_rss_kib = gateway.process.pid().and_then(rss_kib).unwrap_or(0);
     let sandboxes_rss_kib = sandboxes.iter().filter_map(|&p| rss_kib(p)).sum();
 
-    let data_dir = gateway.data_dir.clone();
-    let gateway_stop = gateway.process.stop().await?;
-    let leaked = processes_under(&data_dir);
-    for &pid in &leaked {
-        // Not ours to leave behind either way.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    let stopped = gateway.stop().await?;
 
     let [total, admission, create, boot, rest] = columns.map(Samples::new);
     Ok(ColdStart {
@@ -158,8 +147,7 @@ pub async fn run(
         sandboxes_running: sandboxes.len(),
         gateway_rss_kib,
         sandboxes_rss_kib,
-        gateway_stop,
-        leaked: leaked.len(),
+        stopped,
     })
 }
 

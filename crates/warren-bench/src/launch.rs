@@ -243,6 +243,24 @@ impl Gateway {
         })
     }
 
+    /// Stops the gateway (which stops every sandbox), then looks for what it left:
+    /// sandbox processes (killed here, so the benchmark leaves none either) and lines
+    /// in its log (warnings and errors, at the configured level).
+    pub async fn stop(self) -> anyhow::Result<GatewayStopped> {
+        let log = self.process.log.clone();
+        let took = self.process.stop().await?;
+        let leaked = processes_under(&self.data_dir);
+        for &pid in &leaked {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(GatewayStopped {
+            took,
+            leaked: leaked.len(),
+            log_lines: log.lines().map(str::to_owned).collect(),
+        })
+    }
+
     /// The `Cookie` header value a browser holds after its first signed URL.
     pub fn cookie(&self, user: &str) -> anyhow::Result<String> {
         let tenant = TenantId::parse(user).map_err(|e| anyhow::anyhow!("{user}: {e:?}"))?;
@@ -255,6 +273,16 @@ impl Gateway {
             self.signer.token(&tenant, exp)
         ))
     }
+}
+
+/// What a stopped gateway left behind.
+pub struct GatewayStopped {
+    /// From SIGTERM to exit.
+    pub took: Duration,
+    /// Sandbox processes still running after the gateway exited.
+    pub leaked: usize,
+    /// Its log (level `warn`): a healthy run logs nothing.
+    pub log_lines: Vec<String>,
 }
 
 /// Processes whose working directory is under `dir`: the sandboxes of a gateway whose
@@ -279,33 +307,58 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// `utime + stime` of one process, in clock ticks, and its parent.
-fn cpu_and_parent(pid: u32) -> Option<(u64, u32)> {
+/// CPU time used, in clock ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    pub user: u64,
+    pub system: u64,
+}
+
+impl CpuTicks {
+    pub fn since(self, earlier: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+
+    fn add(self, other: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
+/// `utime` and `stime` of one process, and its parent.
+fn cpu_and_parent(pid: u32) -> Option<(CpuTicks, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may hold spaces: ppid is the 4th field of
     // the line, utime the 14th, stime the 15th.
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let ticks = CpuTicks {
+        user: fields.get(11)?.parse().ok()?,
+        system: fields.get(12)?.parse().ok()?,
+    };
     Some((ticks, fields.get(1)?.parse().ok()?))
 }
 
-/// CPU time (user + system) `pid` has used, in clock ticks; with `children`, its
-/// direct children's too (nginx's workers).
-pub fn cpu_ticks(pid: u32, children: bool) -> u64 {
-    let own = cpu_and_parent(pid).map_or(0, |(t, _)| t);
+/// CPU time `pid` has used; with `children`, its direct children's too (nginx's
+/// workers).
+pub fn cpu_ticks(pid: u32, children: bool) -> CpuTicks {
+    let own = cpu_and_parent(pid).map_or(CpuTicks::default(), |(t, _)| t);
     if !children {
         return own;
     }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return own;
     };
-    own + entries
+    entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(cpu_and_parent)
         .filter(|&(_, ppid)| ppid == pid)
-        .map(|(t, _)| t)
-        .sum::<u64>()
+        .fold(own, |sum, (t, _)| sum.add(t))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux seen in practice).

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 
-use crate::launch::{EchoAgent, Gateway, clock_ticks_per_sec, cpu_ticks, processes_under};
+use crate::launch::{CpuTicks, EchoAgent, Gateway, GatewayStopped, clock_ticks_per_sec, cpu_ticks};
 use crate::load::{self, Rate, Samples, Target};
 use crate::nginx::Nginx;
 
@@ -41,8 +41,7 @@ pub struct Row {
 
 pub struct ProxyRun {
     pub rows: Vec<Row>,
-    /// Sandbox processes still there after the gateway exited.
-    pub leaked: usize,
+    pub stopped: GatewayStopped,
 }
 
 /// Whose CPU time to charge to a proxy: the gateway alone (not its sandboxes), or
@@ -66,14 +65,15 @@ struct Tally {
 struct Totals {
     count: u64,
     elapsed: Duration,
-    cpu_ticks: u64,
+    cpu: CpuTicks,
 }
 
 impl Totals {
-    fn add(&mut self, rate: &Rate, cpu_ticks: u64) {
+    fn add(&mut self, rate: &Rate, cpu: CpuTicks) {
         self.count += rate.count;
         self.elapsed += rate.elapsed;
-        self.cpu_ticks += cpu_ticks;
+        self.cpu.user += cpu.user;
+        self.cpu.system += cpu.system;
     }
 
     fn per_sec(&self) -> f64 {
@@ -85,11 +85,11 @@ impl Totals {
 async fn with_cpu<T>(
     proxy: Option<Proxy>,
     measure: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<(T, u64)> {
-    let ticks = || proxy.map_or(0, |p| cpu_ticks(p.pid, p.with_children));
+) -> anyhow::Result<(T, CpuTicks)> {
+    let ticks = || proxy.map_or(CpuTicks::default(), |p| cpu_ticks(p.pid, p.with_children));
     let before = ticks();
     let result = measure.await?;
-    Ok((result, ticks().saturating_sub(before)))
+    Ok((result, ticks().since(before)))
 }
 
 pub async fn run(
@@ -161,14 +161,12 @@ pub async fn run(
         }
     }
 
-    let data_dir = gateway.data_dir.clone();
-    gateway.process.stop().await?;
-    let leaked = processes_under(&data_dir).len();
+    let stopped = gateway.stop().await?;
     nginx.process.stop().await?;
     agent.process.stop().await?;
     Ok(ProxyRun {
         rows: rows(tally, &proxies, s.connections),
-        leaked,
+        stopped,
     })
 }
 
@@ -179,12 +177,18 @@ fn rows(tally: [Tally; 3], proxies: &[Option<Proxy>; 3], connections: usize) -> 
     let us = |d: Duration| Some(d.as_secs_f64() * 1e6);
     let pct = |s: &[Samples; 3], q: f64| s.each_ref().map(|s| us(s.percentile(q)));
     let rate = |f: fn(&Tally) -> &Totals| tally.each_ref().map(|t| Some(f(t).per_sec()));
-    let cpu = |f: fn(&Tally) -> &Totals| {
+    // Microseconds of CPU per round trip; `kernel` picks system time alone.
+    let cpu = |f: fn(&Tally) -> &Totals, kernel: bool| {
         let mut v = [None; 3];
         for i in 0..3 {
-            let totals = f(&tally[i]);
-            if proxies[i].is_some() && totals.count > 0 {
-                v[i] = Some(totals.cpu_ticks as f64 * tick_us / totals.count as f64);
+            let t = f(&tally[i]);
+            let ticks = if kernel {
+                t.cpu.system
+            } else {
+                t.cpu.user + t.cpu.system
+            };
+            if proxies[i].is_some() && t.count > 0 {
+                v[i] = Some(ticks as f64 * tick_us / t.count as f64);
             }
         }
         v
@@ -212,7 +216,12 @@ fn rows(tally: [Tally; 3], proxies: &[Option<Proxy>; 3], connections: usize) -> 
         ),
         row(
             "proxy CPU per HTTP request (µs)".into(),
-            cpu(|t| &t.http),
+            cpu(|t| &t.http, false),
+            true,
+        ),
+        row(
+            "… of which in the kernel (µs)".into(),
+            cpu(|t| &t.http, true),
             true,
         ),
         row(
@@ -232,7 +241,12 @@ fn rows(tally: [Tally; 3], proxies: &[Option<Proxy>; 3], connections: usize) -> 
         ),
         row(
             "proxy CPU per WebSocket message (µs)".into(),
-            cpu(|t| &t.ws),
+            cpu(|t| &t.ws, false),
+            true,
+        ),
+        row(
+            "… of which in the kernel (µs)".into(),
+            cpu(|t| &t.ws, true),
             true,
         ),
     ]

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::cold_start::ColdStart;
+use crate::launch::GatewayStopped;
 use crate::load::Samples;
 use crate::proxy::{ProxyRun, Settings, TARGETS};
 
@@ -136,11 +137,44 @@ pub fn cold_start(title: &str, run: &ColdStart) {
         mib(each)
     );
     println!(
-        "- gateway stop (SIGTERM to exit, stopping every sandbox): {} ms; sandbox processes \
-         left behind: {}\n",
-        ms(run.gateway_stop),
-        run.leaked
+        "- gateway stop (SIGTERM to exit, stopping every sandbox): {} ms",
+        ms(run.stopped.took)
     );
+    stopped(&run.stopped);
+    println!();
+}
+
+/// What the gateway left: processes, and its log (quoted, a few lines).
+fn stopped(s: &GatewayStopped) {
+    println!(
+        "- sandbox processes left behind after the gateway exited: {}",
+        s.leaked
+    );
+    println!(
+        "- lines the gateway logged (level warn): {}",
+        s.log_lines.len()
+    );
+    for line in s.log_lines.iter().take(5) {
+        println!("  - `{}`", plain(line).replace('`', "'"));
+    }
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn value(v: Option<f64>) -> String {
@@ -206,8 +240,6 @@ pub fn proxy(run: &ProxyRun, s: &Settings) {
             );
         }
     }
-    println!(
-        "- sandbox processes left behind after the gateway stopped: {}\n",
-        run.leaked
-    );
+    stopped(&run.stopped);
+    println!();
 }
