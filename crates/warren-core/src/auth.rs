@@ -129,6 +129,11 @@ impl Signer {
     }
 }
 
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Finds the credential a request carries, from its raw query string, its
 /// `Authorization` header and its `Cookie` headers, in that order of precedence.
 pub fn find_credential<'a>(
@@ -405,6 +410,13 @@ mod tests {
             Signer::new(b"k").verify(&c, 0),
             Err(AuthError::InvalidUserId)
         );
+    }
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub agent: AgentConfig,
     pub state: StateConfig,
+    pub store: StoreConfig,
+    pub sync: SyncConfig,
+    pub sweep: SweepConfig,
+    pub retention: RetentionConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
@@ -57,6 +62,11 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             agent: AgentConfig::default(),
             state: StateConfig::default(),
+            store: StoreConfig::default(),
+            sync: SyncConfig::default(),
+            sweep: SweepConfig::default(),
+            retention: RetentionConfig::default(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -175,6 +185,129 @@ impl Default for StateConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// A directory on this machine.
+    Local,
+    /// Any S3-compatible object store.
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// For `local`: the directory; `<data_dir>/store` when unset.
+    pub path: Option<PathBuf>,
+    /// For `s3`: the endpoint URL (unset: AWS itself).
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: Option<String>,
+    /// A key prefix under which every tenant lives.
+    pub prefix: String,
+    /// Allow `http://` endpoints (a store on a private network or loopback).
+    pub allow_http: bool,
+    pub request_timeout: ConfigDuration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Local,
+            path: None,
+            endpoint: None,
+            region: "us-east-1".into(),
+            bucket: None,
+            prefix: String::new(),
+            allow_http: false,
+            request_timeout: ConfigDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// The environment variables that hold the S3 credentials; never in the file.
+pub const S3_ACCESS_KEY_ENV: &str = "AWS_ACCESS_KEY_ID";
+pub const S3_SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// A change is synced after this much quiet...
+    pub debounce: ConfigDuration,
+    /// ...but never later than this after the first change (the RPO target, less upload).
+    pub max_delay: ConfigDuration,
+    /// Every running workspace is checked this often, to catch changes events missed.
+    pub safety_interval: ConfigDuration,
+    /// Chunk uploads (and downloads) in flight per sync.
+    pub upload_concurrency: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            debounce: ConfigDuration(Duration::from_millis(200)),
+            max_delay: ConfigDuration(Duration::from_millis(500)),
+            safety_interval: ConfigDuration(Duration::from_secs(60)),
+            upload_concurrency: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweepConfig {
+    /// A cron expression (five fields, UTC): when every tenant's workspace is synced
+    /// and retention applied. An empty string turns the schedule off.
+    pub schedule: String,
+    /// Tenants synced at once during a sweep.
+    pub concurrency: usize,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        Self {
+            schedule: "*/5 * * * *".into(),
+            concurrency: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Every snapshot younger than this is kept.
+    pub keep_all_for: ConfigDuration,
+    /// Then the newest of each hour, up to this age.
+    pub hourly_for: ConfigDuration,
+    /// Then the newest of each day, up to this age. The newest snapshot is always kept.
+    pub daily_for: ConfigDuration,
+    /// Chunks no snapshot uses are collected once older than this.
+    pub gc_grace: ConfigDuration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            keep_all_for: ConfigDuration(Duration::from_secs(3600)),
+            hourly_for: ConfigDuration(Duration::from_secs(86_400)),
+            daily_for: ConfigDuration(Duration::from_secs(30 * 86_400)),
+            gc_grace: ConfigDuration(Duration::from_secs(3600)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The bearer token of `/admin/api`. `WARREN_ADMIN_TOKEN` overrides it; when both
+    /// are absent, one is generated once into `<data_dir>/admin-token`.
+    pub token: Option<Secret>,
+}
+
+/// The environment variable that overrides `admin.token`.
+pub const ADMIN_TOKEN_ENV: &str = "WARREN_ADMIN_TOKEN";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Text,
     Json,
@@ -282,6 +415,9 @@ impl Config {
         if let Some(secret) = env(SIGNING_SECRET_ENV).filter(|s| !s.is_empty()) {
             config.auth.signing_secret = Some(Secret::new(secret));
         }
+        if let Some(token) = env(ADMIN_TOKEN_ENV).filter(|s| !s.is_empty()) {
+            config.admin.token = Some(Secret::new(token));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -326,11 +462,39 @@ impl Config {
         if self.runtime.start_timeout.0.is_zero() {
             return invalid("runtime.start_timeout must be more than 0".into());
         }
+        if self.store.kind == StoreKind::S3 && self.store.bucket.as_deref().unwrap_or("").is_empty()
+        {
+            return invalid("store.bucket is required when store.kind = \"s3\"".into());
+        }
+        if self.sync.debounce.0 > self.sync.max_delay.0 {
+            return invalid("sync.debounce must not be longer than sync.max_delay".into());
+        }
+        if self.sync.safety_interval.0.is_zero()
+            || self.sync.upload_concurrency == 0
+            || self.sweep.concurrency == 0
+        {
+            return invalid("sync.safety_interval, sync.upload_concurrency and sweep.concurrency must be more than 0".into());
+        }
+        if self
+            .admin
+            .token
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 16)
+        {
+            return invalid("the admin token must be at least 16 bytes".into());
+        }
         Ok(())
     }
 
     pub fn instance_type(&self) -> Option<&'static InstanceType> {
         INSTANCE_TYPES.iter().find(|t| t.name == self.instance_type)
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("store"))
     }
 
     pub fn state_path(&self) -> PathBuf {

@@ -21,6 +21,14 @@ pub enum ErrorCode {
     SandboxUnreachable,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// The store cannot be reached, and the workspace cannot be prepared without it.
+    StoreUnavailable,
+    /// The admin API was called without its bearer token, or with a wrong one.
+    AdminUnauthorized,
+    /// The operation needs the sandbox stopped (say so, e.g. `stop=true`).
+    SandboxRunning,
+    /// The thing asked for does not exist.
+    NotFound,
     Internal,
 }
 
@@ -37,6 +45,10 @@ impl ErrorCode {
             ErrorCode::SandboxStartFailed => "sandbox_start_failed",
             ErrorCode::SandboxUnreachable => "sandbox_unreachable",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::AdminUnauthorized => "admin_unauthorized",
+            ErrorCode::SandboxRunning => "sandbox_running",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::Internal => "internal",
         }
     }
@@ -48,9 +60,14 @@ impl ErrorCode {
             | ErrorCode::AuthMalformed
             | ErrorCode::AuthInvalidUserId
             | ErrorCode::AuthBadSignature
-            | ErrorCode::AuthExpired => 401,
+            | ErrorCode::AuthExpired
+            | ErrorCode::AdminUnauthorized => 401,
+            ErrorCode::SandboxRunning => 409,
+            ErrorCode::NotFound => 404,
             ErrorCode::BadRequest => 400,
-            ErrorCode::CapacityExhausted | ErrorCode::ShuttingDown => 503,
+            ErrorCode::CapacityExhausted
+            | ErrorCode::ShuttingDown
+            | ErrorCode::StoreUnavailable => 503,
             ErrorCode::SandboxStartFailed | ErrorCode::SandboxUnreachable => 502,
             ErrorCode::Internal => 500,
         }
@@ -64,6 +81,7 @@ impl ErrorCode {
                 | ErrorCode::SandboxStartFailed
                 | ErrorCode::SandboxUnreachable
                 | ErrorCode::ShuttingDown
+                | ErrorCode::StoreUnavailable
         )
     }
 }

@@ -47,6 +47,8 @@ pub enum StopCause {
     StartFailed,
     /// The gateway shut down.
     Shutdown,
+    /// An operator asked (a restore, a stop from the admin API).
+    Admin,
 }
 
 impl StopCause {
@@ -57,6 +59,7 @@ impl StopCause {
             StopCause::Crash => "crash",
             StopCause::StartFailed => "start_failed",
             StopCause::Shutdown => "shutdown",
+            StopCause::Admin => "admin",
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Reserved paths belong to the gateway: `/healthz` and `/readyz` describe the gateway
 //! itself (no credentials), `/api/status` reports the caller's own sandbox without
-//! starting it. Everything else, `/ws`, `/api/history` and any other path, is
+//! starting it, and `/admin/...` is the admin API (its own bearer token). Everything else, `/ws`, `/api/history` and any other path, is
 //! authenticated and proxied to the caller's sandbox, started on demand.
 //! `/ws/api/history` is the original frontend's name for `/api/history`.
 
@@ -20,6 +20,7 @@ use warren_core::auth::{self, Source};
 
 use crate::error::ApiError;
 use crate::proxy::{self, Strip};
+use crate::schedule::SweepWorker;
 use crate::tenant::Tenants;
 use crate::{Context, websocket};
 
@@ -28,6 +29,7 @@ pub struct Edge {
     pub tenants: Tenants,
     /// Set once shutdown begins: `/readyz` fails so balancers stop sending traffic.
     pub draining: AtomicBool,
+    pub sweep: Arc<SweepWorker>,
     requests: AtomicU64,
 }
 
@@ -37,6 +39,7 @@ impl Edge {
             tenants: Tenants::new(ctx.clone()),
             ctx,
             draining: AtomicBool::new(false),
+            sweep: SweepWorker::new(),
             requests: AtomicU64::new(0),
         })
     }
@@ -48,8 +51,15 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/status", get(status))
+        .merge(crate::admin::router())
+        .route("/admin/{*rest}", axum::routing::any(admin_not_found))
         .fallback(proxied)
         .with_state(edge)
+}
+
+/// `/admin/...` is the gateway's, never a sandbox's, even where no route matches.
+async fn admin_not_found() -> ApiError {
+    ApiError::new(warren_core::ErrorCode::NotFound, "no such admin route")
 }
 
 async fn healthz() -> impl IntoResponse {

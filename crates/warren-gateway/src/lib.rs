@@ -11,28 +11,42 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use warren_core::Secret;
 use warren_core::auth::Signer;
 use warren_core::config::Config;
-use warren_runtime::Runtime;
+use warren_runtime::{Runtime, Sandbox};
 use warren_state::StateStore;
+use warren_store::{Freeze, SyncEngine};
 
+pub mod admin;
 pub mod admission;
 pub mod edge;
 pub mod error;
 pub mod probe;
 pub mod proxy;
+pub mod schedule;
 pub mod serve;
 pub mod tenant;
 pub mod websocket;
 
 pub use serve::Gateway;
 
+/// The services the gateway is built from.
+pub struct Services {
+    pub state: Arc<dyn StateStore>,
+    pub runtime: Arc<dyn Runtime>,
+    pub sync: Arc<SyncEngine>,
+}
+
 /// What every part of the gateway shares.
 pub struct Context {
     pub config: Config,
     pub signer: Signer,
+    /// The bearer token of the admin API.
+    pub admin_token: Secret,
     pub state: Arc<dyn StateStore>,
     pub runtime: Arc<dyn Runtime>,
+    pub sync: Arc<SyncEngine>,
     pub admission: Arc<admission::Admission>,
     /// Pooled HTTP/1.1 connections to sandboxes.
     pub client: Client<HttpConnector, Body>,
@@ -47,8 +61,8 @@ impl Context {
     pub fn new(
         config: Config,
         signer: Signer,
-        state: Arc<dyn StateStore>,
-        runtime: Arc<dyn Runtime>,
+        admin_token: Secret,
+        services: Services,
         agent_command: Vec<String>,
     ) -> Self {
         let admission = Arc::new(admission::Admission::new(
@@ -64,8 +78,10 @@ impl Context {
         Self {
             config,
             signer,
-            state,
-            runtime,
+            admin_token,
+            state: services.state,
+            runtime: services.runtime,
+            sync: services.sync,
             admission,
             client,
             agent_command,
@@ -99,5 +115,23 @@ pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A running sandbox as the sync engine's freeze.
+pub struct SandboxFreeze {
+    pub runtime: Arc<dyn Runtime>,
+    pub sandbox: Sandbox,
+}
+
+impl Freeze for SandboxFreeze {
+    fn freeze(&self) -> std::io::Result<()> {
+        self.runtime
+            .freeze(&self.sandbox)
+            .map_err(std::io::Error::other)
+    }
+
+    fn thaw(&self) {
+        self.runtime.thaw(&self.sandbox)
     }
 }

@@ -47,6 +47,10 @@ impl Gateway {
                         format!("the gateway restarted; stopped the surviving sandbox (pid {pid})");
                 }
             }
+            // Whatever it wrote before it went is on disk: put it in the store.
+            if let Err(e) = ctx.sync.sync(&record.tenant, None).await {
+                detail = format!("{detail}; sync failed, changes kept locally: {e}");
+            }
             tracing::info!(tenant = %record.tenant, %detail, "recovered a sandbox record");
             let t = Transition {
                 tenant: record.tenant.clone(),
@@ -73,8 +77,24 @@ impl Gateway {
             let _ = accepting_stopped.await;
         });
         let server = tokio::spawn(async move { server.await });
+        let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
+        let sweep = match self.edge.ctx.config.sweep.schedule.trim() {
+            "" => None,
+            expr => {
+                let cron = crate::schedule::parse(expr).map_err(anyhow::Error::msg)?;
+                Some(tokio::spawn(self.edge.sweep.clone().run(
+                    self.edge.clone(),
+                    cron,
+                    workers_stop,
+                )))
+            }
+        };
 
         shutdown.await;
+        stop_workers.send_replace(true);
+        if let Some(sweep) = sweep {
+            let _ = sweep.await;
+        }
         tracing::info!("shutting down: no new connections; stopping every sandbox");
         self.edge.draining.store(true, Ordering::Release);
         let _ = stop_accepting.send(());

@@ -6,6 +6,11 @@
 //! when it exits by itself, and records every transition in the state store. Because
 //! one task decides every start and stop, a tenant never has two sandboxes at once.
 //!
+//! The workspace is durable around that life: a start first restores it from the store
+//! if the store is newer (`SyncEngine::prepare`), a running sandbox is watched and
+//! synced as it changes, and every stop (idle, eviction, crash, shutdown, admin) ends
+//! with a final sync once the process is gone, before the tenant is recorded asleep.
+//!
 //! Activity is counted without the mailbox: a `Lease` (one per proxied request or
 //! WebSocket) bumps counters in `Shared` and touches the activity clock when dropped.
 
@@ -23,10 +28,12 @@ use warren_core::sandbox::{SandboxState, StopCause};
 use warren_core::{ErrorCode, TenantId};
 use warren_runtime::{Exit, Sandbox, SandboxSpec};
 use warren_state::{SandboxIdentity, Transition};
+use warren_store::engine::Watch;
+use warren_store::{Freeze, SyncStatus};
 
 use crate::admission::{AdmissionError, Slot};
 use crate::error::ApiError;
-use crate::{Context, probe, sleep_until_opt, unix_ms};
+use crate::{Context, SandboxFreeze, probe, sleep_until_opt, unix_ms};
 
 /// What `/api/status` shows of a tenant's sandbox.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +44,8 @@ pub struct Status {
     pub since_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_stop: Option<LastStop>,
+    /// How the workspace stands with the store.
+    pub sync: SyncStatus,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +60,7 @@ pub struct LastStop {
 #[derive(Debug, Clone, Copy)]
 pub struct StartPhases {
     pub admission: Duration,
+    pub restore: Duration,
     pub create: Duration,
     pub boot: Duration,
 }
@@ -60,8 +70,9 @@ impl StartPhases {
     pub fn server_timing(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         format!(
-            "admission;dur={:.3}, create;dur={:.3}, boot;dur={:.3}",
+            "admission;dur={:.3}, restore;dur={:.3}, create;dur={:.3}, boot;dur={:.3}",
             ms(self.admission),
+            ms(self.restore),
             ms(self.create),
             ms(self.boot)
         )
@@ -78,15 +89,24 @@ pub struct Ready {
 
 type ReadyReply = oneshot::Sender<Result<Ready, ApiError>>;
 
+struct Started {
+    sandbox: Sandbox,
+    slot: Slot,
+    phases: StartPhases,
+}
+
 enum Command {
     Acquire(ReadyReply),
     /// From admission: stop if idle; answers whether the slot was freed.
     Evict(oneshot::Sender<bool>),
-    /// Stop now, whatever is open (the gateway is shutting down).
+    /// Stop now, whatever is open; answers once the sandbox is gone and synced.
     Stop(StopCause, oneshot::Sender<()>),
-    Started(u64, Box<Result<(Sandbox, Slot, StartPhases), ApiError>>),
+    /// Do not start again until the guard is dropped (an operator's restore).
+    Hold(oneshot::Sender<Result<HoldGuard, ApiError>>, bool),
+    Started(u64, Box<Result<Started, ApiError>>),
     Exited(u64, Exit),
     Stopped(u64),
+    Released,
 }
 
 /// The part of a tenant every request can read without asking the actor.
@@ -96,6 +116,8 @@ pub struct Shared {
     in_flight: AtomicUsize,
     last_active_ms: AtomicU64,
     status: watch::Sender<Status>,
+    /// The running sandbox, for a sweep that must freeze it.
+    sandbox: Mutex<Option<Sandbox>>,
 }
 
 impl Shared {
@@ -133,6 +155,17 @@ impl Drop for Lease {
     }
 }
 
+/// Keeps a tenant's sandbox from starting while an operator works on its workspace.
+pub struct HoldGuard {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Released);
+    }
+}
+
 /// A cheap, clonable address of a tenant's actor.
 #[derive(Clone)]
 pub struct TenantHandle {
@@ -146,7 +179,9 @@ impl TenantHandle {
     }
 
     pub fn status(&self) -> Status {
-        self.shared.status.borrow().clone()
+        let mut status = self.shared.status.borrow().clone();
+        status.sync = self.shared.ctx.sync.status(&self.shared.tenant);
+        status
     }
 
     /// Ready, with nothing in flight: a candidate for eviction.
@@ -157,6 +192,20 @@ impl TenantHandle {
 
     pub fn last_active_ms(&self) -> u64 {
         self.shared.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// The freeze of the running sandbox, if one runs.
+    pub fn freeze(&self) -> Option<Arc<dyn Freeze>> {
+        let sandbox = self
+            .shared
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        Some(Arc::new(SandboxFreeze {
+            runtime: self.shared.ctx.runtime.clone(),
+            sandbox,
+        }))
     }
 
     /// Waits until the sandbox is ready (starting it if needed) and leases it.
@@ -174,11 +223,22 @@ impl TenantHandle {
         rx.await.unwrap_or(false)
     }
 
-    async fn stop(&self, cause: StopCause) {
+    /// Stops the sandbox (if one runs) and waits until it is gone and synced.
+    pub async fn stop(&self, cause: StopCause) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Stop(cause, reply)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Keeps the sandbox from starting until the guard drops. With `stop`, a running
+    /// sandbox is stopped (and synced) first; without, a running one is refused.
+    pub async fn hold(&self, stop: bool) -> Result<HoldGuard, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Hold(reply, stop))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 }
 
@@ -215,6 +275,11 @@ impl Tenants {
         handle
     }
 
+    /// The freeze of a tenant's running sandbox, if one runs.
+    pub fn freeze(&self, tenant: &TenantId) -> Option<Arc<dyn Freeze>> {
+        self.actors().get(tenant).and_then(TenantHandle::freeze)
+    }
+
     /// The tenant's status, from its actor or, if it has none yet, the state store.
     /// Never starts anything.
     pub async fn status(&self, tenant: &TenantId) -> Result<Status, ApiError> {
@@ -227,12 +292,14 @@ impl Tenants {
             .sandbox(tenant)
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let sync = self.ctx.sync.status(tenant);
         Ok(match record {
             None => Status {
                 tenant: tenant.to_string(),
                 state: SandboxState::Asleep,
                 since_ms: 0,
                 last_stop: None,
+                sync,
             },
             Some(r) => Status {
                 tenant: tenant.to_string(),
@@ -244,11 +311,12 @@ impl Tenants {
                     at_ms,
                     detail: r.detail.clone(),
                 }),
+                sync,
             },
         })
     }
 
-    /// Stops every sandbox and waits for all of them.
+    /// Stops every sandbox and waits for all of them (and their final syncs).
     pub async fn stop_all(&self, cause: StopCause) {
         let handles: Vec<_> = self.actors().values().cloned().collect();
         futures_util::future::join_all(handles.iter().map(|h| h.stop(cause))).await;
@@ -262,6 +330,7 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         state: SandboxState::Asleep,
         since_ms: unix_ms(),
         last_stop: None,
+        sync: SyncStatus::default(),
     };
     let shared = Arc::new(Shared {
         tenant,
@@ -269,6 +338,7 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         in_flight: AtomicUsize::new(0),
         last_active_ms: AtomicU64::new(ctx.mono_ms()),
         status: watch::Sender::new(status),
+        sandbox: Mutex::new(None),
     });
     let handle = TenantHandle { tx, shared };
     let actor = Actor {
@@ -277,6 +347,8 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         phase: Phase::Asleep,
         waiters: Vec::new(),
         stop_waiters: Vec::new(),
+        hold_waiters: Vec::new(),
+        holds: 0,
         recheck_at: None,
     };
     tokio::spawn(actor.run(rx));
@@ -286,7 +358,11 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
 enum Phase {
     Asleep,
     Starting(u64),
-    Ready { sandbox: Sandbox, slot: Slot },
+    Ready {
+        sandbox: Sandbox,
+        slot: Slot,
+        watch: Watch,
+    },
     Stopping(u64),
 }
 
@@ -298,6 +374,10 @@ struct Actor {
     waiters: Vec<ReadyReply>,
     /// Callers of `Stop` waiting for the sandbox to be gone.
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// Callers of `Hold` waiting for the sandbox to be gone.
+    hold_waiters: Vec<oneshot::Sender<Result<HoldGuard, ApiError>>>,
+    /// Holds given out and not yet released: no start while any is out.
+    holds: usize,
     /// While busy past `sleep_after`, idleness is looked at again no sooner than this.
     recheck_at: Option<Instant>,
 }
@@ -339,10 +419,46 @@ impl Actor {
                     }
                     Phase::Starting(_) | Phase::Stopping(_) => self.stop_waiters.push(reply),
                 },
+                Command::Hold(reply, stop) => match self.phase {
+                    Phase::Asleep => self.grant_hold(reply),
+                    Phase::Stopping(_) => self.hold_waiters.push(reply),
+                    _ if !stop => {
+                        let running = "the sandbox is running; stop it first (stop=true)";
+                        let _ = reply.send(Err(ApiError::new(ErrorCode::SandboxRunning, running)));
+                    }
+                    Phase::Ready { .. } => {
+                        self.hold_waiters.push(reply);
+                        self.begin_stop(StopCause::Admin, None).await;
+                    }
+                    // `started` stops it as soon as it is up.
+                    Phase::Starting(_) => self.hold_waiters.push(reply),
+                },
+                Command::Released => {
+                    self.holds -= 1;
+                    if self.holds == 0
+                        && !self.waiters.is_empty()
+                        && matches!(self.phase, Phase::Asleep)
+                    {
+                        self.begin_start().await;
+                    }
+                }
                 Command::Started(generation, result) => self.started(generation, *result).await,
                 Command::Exited(generation, exit) => self.exited(generation, exit).await,
                 Command::Stopped(generation) => self.stopped(generation).await,
             }
+        }
+    }
+
+    fn grant_hold(&mut self, reply: oneshot::Sender<Result<HoldGuard, ApiError>>) {
+        self.holds += 1;
+        if reply
+            .send(Ok(HoldGuard {
+                tx: self.handle.tx.clone(),
+            }))
+            .is_err()
+        {
+            // The caller went away; its guard was dropped unsent, so release here.
+            self.holds -= 1;
         }
     }
 
@@ -389,7 +505,9 @@ impl Actor {
             Phase::Starting(_) | Phase::Stopping(_) => self.waiters.push(reply),
             Phase::Asleep => {
                 self.waiters.push(reply);
-                self.begin_start().await;
+                if self.holds == 0 {
+                    self.begin_start().await;
+                }
             }
         }
     }
@@ -409,16 +527,16 @@ impl Actor {
         });
     }
 
-    async fn started(
-        &mut self,
-        generation: u64,
-        result: Result<(Sandbox, Slot, StartPhases), ApiError>,
-    ) {
+    async fn started(&mut self, generation: u64, result: Result<Started, ApiError>) {
         if !matches!(self.phase, Phase::Starting(g) if g == generation) {
             return;
         }
         match result {
-            Ok((sandbox, slot, phases)) => {
+            Ok(Started {
+                sandbox,
+                slot,
+                phases,
+            }) => {
                 let identity = SandboxIdentity {
                     generation,
                     pid: Some(sandbox.pid),
@@ -431,12 +549,27 @@ impl Actor {
                     let exit = watcher.wait().await;
                     let _ = tx.send(Command::Exited(generation, exit));
                 });
+                let freeze = Arc::new(SandboxFreeze {
+                    runtime: self.ctx.runtime.clone(),
+                    sandbox: sandbox.clone(),
+                });
+                let watch = self.ctx.sync.watch(self.handle.tenant().clone(), freeze);
+                *self
+                    .shared()
+                    .sandbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(sandbox.clone());
                 let address = sandbox.address;
-                self.phase = Phase::Ready { sandbox, slot };
+                self.phase = Phase::Ready {
+                    sandbox,
+                    slot,
+                    watch,
+                };
                 self.transition(SandboxState::Ready, None, Some(identity), None)
                     .await;
                 tracing::info!(tenant = %self.handle.tenant(), admission_ms = phases.admission.as_millis() as u64,
-                    create_ms = phases.create.as_millis() as u64, boot_ms = phases.boot.as_millis() as u64, "sandbox ready");
+                    restore_ms = phases.restore.as_millis() as u64, create_ms = phases.create.as_millis() as u64,
+                    boot_ms = phases.boot.as_millis() as u64, "sandbox ready");
                 for waiter in self.waiters.drain(..) {
                     let lease = Lease::new(self.handle.shared.clone());
                     let _ = waiter.send(Ok(Ready {
@@ -445,8 +578,13 @@ impl Actor {
                         phases: Some(phases),
                     }));
                 }
-                if !self.stop_waiters.is_empty() {
-                    self.begin_stop(StopCause::Shutdown, None).await;
+                if !self.stop_waiters.is_empty() || !self.hold_waiters.is_empty() {
+                    let cause = if self.hold_waiters.is_empty() {
+                        StopCause::Shutdown
+                    } else {
+                        StopCause::Admin
+                    };
+                    self.begin_stop(cause, None).await;
                 }
             }
             Err(error) => {
@@ -464,59 +602,40 @@ impl Actor {
                 for waiter in self.waiters.drain(..) {
                     let _ = waiter.send(Err(error.clone()));
                 }
-                self.wake_stop_waiters();
+                self.settled();
             }
         }
     }
 
     /// Moves to `Stopping` and stops the sandbox in the background; `Stopped` follows.
     async fn begin_stop(&mut self, cause: StopCause, evict_reply: Option<oneshot::Sender<bool>>) {
-        let Phase::Ready { sandbox, slot } = std::mem::replace(&mut self.phase, Phase::Asleep)
+        let Phase::Ready {
+            sandbox,
+            slot,
+            watch,
+        } = std::mem::replace(&mut self.phase, Phase::Asleep)
         else {
             if let Some(reply) = evict_reply {
                 let _ = reply.send(false);
             }
             return;
         };
-        let generation = sandbox.generation;
-        self.phase = Phase::Stopping(generation);
+        self.phase = Phase::Stopping(sandbox.generation);
         self.transition(SandboxState::Stopping, Some(cause), None, None)
             .await;
-        let ctx = self.ctx.clone();
-        let tx = self.handle.tx.clone();
-        let tenant = self.handle.tenant().clone();
-        tokio::spawn(async move {
-            let detail = match ctx
-                .runtime
-                .stop(&sandbox, ctx.config.runtime.stop_grace.0)
-                .await
-            {
-                Ok(exit) => exit.to_string(),
-                Err(e) => {
-                    tracing::error!(%tenant, error = %e, "cannot stop the sandbox");
-                    e.to_string()
-                }
-            };
-            // The record is written before the slot is freed, and the slot only after
-            // the process is gone, so a waiting start never overshoots the cap.
-            let t = Transition {
-                tenant,
-                state: SandboxState::Asleep,
-                at_ms: unix_ms(),
-                cause: Some(cause),
-                identity: None,
-                detail: Some(detail),
-            };
-            if let Err(e) = ctx.state.record(&t).await {
-                tracing::warn!(tenant = %t.tenant, error = %e, "cannot record a transition");
-            }
-            drop(slot);
-            if let Some(reply) = evict_reply {
-                let _ = reply.send(true);
-            }
-            let _ = tx.send(Command::Stopped(generation));
-            tracing::info!(tenant = %t.tenant, cause = cause.as_str(), "sandbox stopped");
-        });
+        let ending = Ending {
+            cause,
+            exit: None,
+            evict_reply,
+        };
+        tokio::spawn(finish_stop(
+            self.ctx.clone(),
+            self.handle.clone(),
+            sandbox,
+            slot,
+            watch,
+            ending,
+        ));
     }
 
     async fn stopped(&mut self, generation: u64) {
@@ -524,40 +643,65 @@ impl Actor {
             return;
         }
         self.phase = Phase::Asleep;
-        // The stop task recorded the transition; mirror it in the status.
+        *self
+            .shared()
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        // `finish_stop` recorded the transition; mirror it in the status.
         self.shared().status.send_modify(|s| {
             s.state = SandboxState::Asleep;
             s.since_ms = unix_ms();
         });
-        self.wake_stop_waiters();
-        if !self.waiters.is_empty() {
+        self.settled();
+        if !self.waiters.is_empty() && self.holds == 0 {
             self.begin_start().await;
         }
     }
 
     async fn exited(&mut self, generation: u64, exit: Exit) {
-        let Phase::Ready { sandbox, .. } = &self.phase else {
-            return;
-        };
-        if sandbox.generation != generation {
+        if !matches!(&self.phase, Phase::Ready { sandbox, .. } if sandbox.generation == generation)
+        {
             return;
         }
+        let Phase::Ready {
+            sandbox,
+            slot,
+            watch,
+        } = std::mem::replace(&mut self.phase, Phase::Stopping(generation))
+        else {
+            return;
+        };
         tracing::warn!(tenant = %self.handle.tenant(), %exit, "sandbox exited by itself");
-        // Dropping the phase frees the slot.
-        self.phase = Phase::Asleep;
         self.transition(
-            SandboxState::Asleep,
+            SandboxState::Stopping,
             Some(StopCause::Crash),
             None,
             Some(exit.to_string()),
         )
         .await;
-        self.wake_stop_waiters();
+        let ending = Ending {
+            cause: StopCause::Crash,
+            exit: Some(exit),
+            evict_reply: None,
+        };
+        tokio::spawn(finish_stop(
+            self.ctx.clone(),
+            self.handle.clone(),
+            sandbox,
+            slot,
+            watch,
+            ending,
+        ));
     }
 
-    fn wake_stop_waiters(&mut self) {
+    /// The sandbox is gone: answer whoever waited for that.
+    fn settled(&mut self) {
         for w in self.stop_waiters.drain(..) {
             let _ = w.send(());
+        }
+        for reply in std::mem::take(&mut self.hold_waiters) {
+            self.grant_hold(reply);
         }
     }
 
@@ -594,12 +738,70 @@ impl Actor {
     }
 }
 
-/// Admission, creation and the readiness probe of one start.
+/// How a sandbox's life ended.
+struct Ending {
+    cause: StopCause,
+    /// Set when it ended by itself; otherwise it is stopped here.
+    exit: Option<Exit>,
+    evict_reply: Option<oneshot::Sender<bool>>,
+}
+
+/// The end of a sandbox's life, off the actor: stop the watch, stop the process,
+/// free the slot (only once the process is gone, so the cap holds), sync the
+/// workspace one last time, then record the tenant asleep.
+async fn finish_stop(
+    ctx: Arc<Context>,
+    handle: TenantHandle,
+    sandbox: Sandbox,
+    slot: Slot,
+    watch: Watch,
+    ending: Ending,
+) {
+    let tenant = handle.tenant().clone();
+    watch.stop().await;
+    let exit = match ending.exit {
+        Some(exit) => exit.to_string(),
+        None => match ctx
+            .runtime
+            .stop(&sandbox, ctx.config.runtime.stop_grace.0)
+            .await
+        {
+            Ok(exit) => exit.to_string(),
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "cannot stop the sandbox");
+                e.to_string()
+            }
+        },
+    };
+    drop(slot);
+    if let Some(reply) = ending.evict_reply {
+        let _ = reply.send(true);
+    }
+    let detail = match ctx.sync.sync(&tenant, None).await {
+        Ok(_) => exit,
+        Err(e) => format!("{exit}; final sync failed, changes kept locally: {e}"),
+    };
+    let t = Transition {
+        tenant,
+        state: SandboxState::Asleep,
+        at_ms: unix_ms(),
+        cause: Some(ending.cause),
+        identity: None,
+        detail: Some(detail),
+    };
+    if let Err(e) = ctx.state.record(&t).await {
+        tracing::warn!(tenant = %t.tenant, error = %e, "cannot record a transition");
+    }
+    tracing::info!(tenant = %t.tenant, cause = ending.cause.as_str(), "sandbox stopped");
+    let _ = handle.tx.send(Command::Stopped(sandbox.generation));
+}
+
+/// Admission, restore, creation and the readiness probe of one start.
 async fn start_sandbox(
     ctx: &Context,
     handle: &TenantHandle,
     generation: u64,
-) -> Result<(Sandbox, Slot, StartPhases), ApiError> {
+) -> Result<Started, ApiError> {
     let t0 = Instant::now();
     let slot = ctx.admission.acquire(handle).await.map_err(|e| {
         let retry = ctx.admission.timeout().as_secs().max(1);
@@ -614,6 +816,15 @@ async fn start_sandbox(
         ApiError::new(ErrorCode::CapacityExhausted, message).retry_after(retry)
     })?;
     let t1 = Instant::now();
+    ctx.sync.prepare(handle.tenant()).await.map_err(|e| {
+        tracing::error!(tenant = %handle.tenant(), error = %e, "cannot prepare the workspace");
+        ApiError::new(
+            ErrorCode::StoreUnavailable,
+            format!("the workspace could not be restored: {e}"),
+        )
+        .retry_after(5)
+    })?;
+    let t2 = Instant::now();
     let spec = SandboxSpec {
         tenant: handle.tenant().clone(),
         generation,
@@ -626,8 +837,8 @@ async fn start_sandbox(
         .start(&spec)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let t2 = Instant::now();
-    let deadline = t2 + ctx.config.runtime.start_timeout.0;
+    let t3 = Instant::now();
+    let deadline = t3 + ctx.config.runtime.start_timeout.0;
     if let Err(e) = probe::wait_ready(&ctx.client, &sandbox, "/healthz", deadline).await {
         if let Err(stop) = ctx.runtime.stop(&sandbox, Duration::ZERO).await {
             tracing::error!(tenant = %spec.tenant, error = %stop, "cannot stop a sandbox that failed to start");
@@ -636,8 +847,13 @@ async fn start_sandbox(
     }
     let phases = StartPhases {
         admission: t1 - t0,
-        create: t2 - t1,
-        boot: t2.elapsed(),
+        restore: t2 - t1,
+        create: t3 - t2,
+        boot: t3.elapsed(),
     };
-    Ok((sandbox, slot, phases))
+    Ok(Started {
+        sandbox,
+        slot,
+        phases,
+    })
 }

@@ -70,7 +70,7 @@ pub enum Prepared {
 }
 
 /// What one tenant's part of a sweep did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SweepItem {
     pub tenant: String,
     pub seq: Option<u64>,
@@ -81,7 +81,7 @@ pub struct SweepItem {
     pub retention: Option<RetentionReport>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SweepReport {
     pub tenants: usize,
     pub snapshots_created: usize,
@@ -145,6 +145,15 @@ impl SyncEngine {
     ) -> Result<SyncReport, StoreError> {
         let t = self.tenant(tenant);
         let _guard = t.lock.lock().await;
+        self.sync_locked(tenant, freeze).await
+    }
+
+    /// `sync`, for a caller that holds the tenant's lock.
+    async fn sync_locked(
+        &self,
+        tenant: &TenantId,
+        freeze: Option<&dyn Freeze>,
+    ) -> Result<SyncReport, StoreError> {
         let workspace = self.layout.workspace(tenant);
         if !workspace.exists() {
             return Ok(SyncReport::default());
@@ -269,13 +278,13 @@ impl SyncEngine {
     /// new snapshot with its content), so later starts keep it. The sandbox must not
     /// run. The workspace it replaces is synced first, so nothing is lost.
     pub async fn restore_to(&self, tenant: &TenantId, seq: u64) -> Result<SyncReport, StoreError> {
-        self.sync(tenant, None).await?;
         let t = self.tenant(tenant);
         let _guard = t.lock.lock().await;
+        self.sync_locked(tenant, None).await?;
         let workspace = self.layout.workspace(tenant);
         let staging = staging_path(&workspace, "restore");
         let record = self.store.snapshot(tenant, seq).await?;
-        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(self.layout.tenant_dir(tenant))?;
         let manifest = crate::restore::materialize(
             &self.store,
             tenant,
@@ -291,20 +300,34 @@ impl SyncEngine {
             std::fs::remove_dir_all(&workspace)?;
         }
         std::fs::rename(&staging, &workspace)?;
-        // Keep the head as parent, so the new snapshot is added after it.
-        let head = self.store.snapshot_seqs(tenant).await?.last().copied();
+        // The head stays the parent, so the restored content becomes a new snapshot
+        // after it; the stats are dropped so every restored file is read.
         let mut state = state_after_restore(&workspace, seq, manifest)?;
-        if let Some(head) = head {
+        if let Some(head) = self.store.snapshot_seqs(tenant).await?.last().copied() {
             let head_record = self.store.snapshot(tenant, head).await?;
             state.manifest =
                 crate::snapshot::read_manifest(&self.store, tenant, &head_record).await?;
             state.seq = Some(head);
-            // The stats describe the restored files, not the head's: read them all.
             state.stats.clear();
         }
         state.save(&self.layout.sync_state(tenant))?;
-        drop(_guard);
-        self.sync(tenant, None).await
+        self.sync_locked(tenant, None).await
+    }
+
+    /// The newest snapshot created at or before `at_ms`.
+    pub async fn snapshot_at(
+        &self,
+        tenant: &TenantId,
+        at_ms: u64,
+    ) -> Result<SnapshotRecord, StoreError> {
+        self.snapshots(tenant)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|r| r.created_ms <= at_ms)
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("a snapshot of {tenant} at or before that time"))
+            })
     }
 
     /// Thins a tenant's snapshots and collects unreferenced chunks.

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod admin_api;
 mod commands;
 mod settings;
 
@@ -24,6 +25,14 @@ enum Command {
     Token(commands::token::Args),
     /// Run the built-in echo agent (the default workload of every sandbox).
     EchoAgent(commands::echo_agent::Args),
+    /// Put a tenant's workspace in the store now.
+    Sync(commands::sync::Args),
+    /// Put every tenant's workspace in the store now, and apply retention.
+    Sweep(commands::sweep::Args),
+    /// List a tenant's snapshots.
+    Snapshots(commands::snapshots::Args),
+    /// Restore a tenant's workspace to a past snapshot.
+    Restore(commands::restore::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +41,10 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Token(args) => commands::token::run(args),
         Command::EchoAgent(args) => commands::echo_agent::run(args),
+        Command::Sync(args) => commands::sync::run(args),
+        Command::Sweep(args) => commands::sweep::run(args),
+        Command::Snapshots(args) => commands::snapshots::run(args),
+        Command::Restore(args) => commands::restore::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,11 +8,11 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use warren_core::auth::Signer;
 use warren_core::config::{AgentKind, Config, LogFormat, RuntimeKind, StateKind};
-use warren_gateway::{Context, Gateway};
+use warren_gateway::{Context, Gateway, Services};
 use warren_runtime::{ProcessRuntime, Runtime};
 use warren_state::{SqliteStore, StateStore};
 
-use crate::settings::{ConfigArgs, signing_secret};
+use crate::settings::{ConfigArgs, admin_token, signing_secret, sync_engine, writer_id};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -64,6 +64,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     let signer = Signer::new(signing_secret(&config)?.expose().as_bytes());
+    let admin = admin_token(&config)?;
+    if !config.sweep.schedule.trim().is_empty() {
+        warren_gateway::schedule::parse(&config.sweep.schedule).map_err(anyhow::Error::msg)?;
+    }
+    let sync = sync_engine(&config, &writer_id("gateway"))?;
     let state: Arc<dyn StateStore> = match config.state.kind {
         StateKind::Sqlite => Arc::new(SqliteStore::open(&config.state_path())?),
     };
@@ -75,7 +80,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let command = agent_command(&config)?;
-    let gateway = Gateway::new(Context::new(config, signer, state, runtime, command));
+    let services = Services {
+        state,
+        runtime,
+        sync,
+    };
+    let gateway = Gateway::new(Context::new(config, signer, admin, services, command));
     gateway.recover().await?;
     // Printed on stdout, whatever the log settings: scripts and tests read it.
     println!("warren listening on http://{local}");

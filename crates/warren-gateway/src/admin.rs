@@ -1,0 +1,195 @@
+//! The admin API under `/admin/api`, behind a bearer token (compared in constant time).
+//! The CLI's `sync`, `sweep`, `snapshots` and `restore` verbs call it.
+//!
+//! - `POST /admin/api/tenants/{tenant}/sync`: sync now (frozen if running); the report.
+//! - `GET  /admin/api/tenants/{tenant}/snapshots`: every snapshot, oldest first.
+//! - `POST /admin/api/tenants/{tenant}/restore?seq=N|at_ms=T[&stop=true]`: point-in-time
+//!   restore; refused with 409 while the sandbox runs unless `stop=true`.
+//! - `POST /admin/api/sweep`: a sweep now, streamed as one JSON line per tenant, then
+//!   the report.
+//! - `GET  /admin/api/workers`: the background workers and their state.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use serde::Deserialize;
+use warren_core::auth::constant_time_eq;
+use warren_core::{ErrorCode, TenantId};
+use warren_store::StoreError;
+
+use crate::edge::Edge;
+use crate::error::ApiError;
+
+pub fn router() -> Router<Arc<Edge>> {
+    Router::new()
+        .route("/admin/api/tenants/{tenant}/sync", post(sync))
+        .route("/admin/api/tenants/{tenant}/snapshots", get(snapshots))
+        .route("/admin/api/tenants/{tenant}/restore", post(restore))
+        .route("/admin/api/sweep", post(sweep))
+        .route("/admin/api/workers", get(workers))
+}
+
+fn authorize(edge: &Edge, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), edge.ctx.admin_token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::AdminUnauthorized,
+            "the admin API needs `Authorization: Bearer <admin token>`",
+        ))
+    }
+}
+
+fn tenant(raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(raw)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid tenant id: {e}")))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(what) => {
+            ApiError::new(ErrorCode::NotFound, format!("not found: {what}"))
+        }
+        StoreError::Backend(_) => {
+            ApiError::new(ErrorCode::StoreUnavailable, e.to_string()).retry_after(5)
+        }
+        e => ApiError::new(ErrorCode::Internal, e.to_string()),
+    }
+}
+
+async fn sync(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let t = tenant(&raw)?;
+    let freeze = edge.tenants.freeze(&t);
+    let report = edge
+        .ctx
+        .sync
+        .sync(&t, freeze.as_deref())
+        .await
+        .map_err(store_error)?;
+    Ok(axum::Json(serde_json::json!({
+        "tenant": t.to_string(),
+        "seq": report.seq,
+        "created": report.created,
+        "files": report.files,
+        "bytes": report.bytes,
+        "chunks_uploaded": report.chunks_uploaded,
+        "bytes_uploaded": report.bytes_uploaded,
+        "frozen_ms": report.frozen_ms,
+        "elapsed_ms": report.elapsed_ms,
+    }))
+    .into_response())
+}
+
+async fn snapshots(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let t = tenant(&raw)?;
+    let records = edge.ctx.sync.snapshots(&t).await.map_err(store_error)?;
+    let list: Vec<_> = records
+        .iter()
+        .map(|r| serde_json::json!({ "seq": r.seq, "created_ms": r.created_ms, "writer": r.writer, "files": r.files, "bytes": r.bytes }))
+        .collect();
+    Ok(
+        axum::Json(serde_json::json!({ "tenant": t.to_string(), "snapshots": list }))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct RestoreQuery {
+    seq: Option<u64>,
+    at_ms: Option<u64>,
+    #[serde(default)]
+    stop: bool,
+}
+
+async fn restore(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    Query(q): Query<RestoreQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let t = tenant(&raw)?;
+    let seq = match (q.seq, q.at_ms) {
+        (Some(seq), None) => seq,
+        (None, Some(at)) => {
+            edge.ctx
+                .sync
+                .snapshot_at(&t, at)
+                .await
+                .map_err(store_error)?
+                .seq
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "give exactly one of seq and at_ms",
+            ));
+        }
+    };
+    // No start while the workspace is replaced; a running sandbox is stopped first only
+    // when asked.
+    let _hold = edge.tenants.handle(&t).hold(q.stop).await?;
+    let report = edge
+        .ctx
+        .sync
+        .restore_to(&t, seq)
+        .await
+        .map_err(store_error)?;
+    tracing::info!(tenant = %t, restored = seq, head = report.seq, "point-in-time restore");
+    Ok(axum::Json(
+        serde_json::json!({ "tenant": t.to_string(), "restored": seq, "seq": report.seq }),
+    )
+    .into_response())
+}
+
+async fn sweep(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        let line = |v: serde_json::Value| Bytes::from(format!("{v}\n"));
+        let progress = |item: &warren_store::engine::SweepItem| {
+            let _ = tx.send(line(serde_json::json!({ "item": item })));
+        };
+        let done = match edge.sweep.run_once(&edge, &progress).await {
+            Ok(report) => serde_json::json!({ "report": report }),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        let _ = tx.send(line(done));
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn workers(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    Ok(axum::Json(serde_json::json!({ "workers": [edge.sweep.status()] })).into_response())
+}

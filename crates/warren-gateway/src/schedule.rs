@@ -1,0 +1,130 @@
+//! The sweep worker: on a cron schedule (default every 5 minutes), sync EVERY tenant's
+//! workspace on this machine and apply retention, at bounded concurrency, and keep
+//! what the last run did for `/readyz` and the admin API. This is the original's cron,
+//! which synced only the `shared` sandbox, fixed.
+
+use std::sync::{Arc, Mutex};
+
+use croner::Cron;
+use serde::Serialize;
+use tokio::sync::watch;
+use warren_store::engine::SweepReport;
+
+use crate::edge::Edge;
+use crate::unix_ms;
+
+/// What the sweep worker is doing and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerStatus {
+    pub name: &'static str,
+    /// `idle`, `busy` or `failing`.
+    pub state: &'static str,
+    pub runs: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub last_run_ms: Option<u64>,
+    pub next_run_ms: Option<u64>,
+    pub last_report: Option<SweepReport>,
+}
+
+pub struct SweepWorker {
+    pub status: Mutex<WorkerStatus>,
+}
+
+impl SweepWorker {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            status: Mutex::new(WorkerStatus {
+                name: "sweep",
+                state: "idle",
+                ..WorkerStatus::default()
+            }),
+        })
+    }
+
+    pub fn status(&self) -> WorkerStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut WorkerStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// One sweep, now. `progress` hears of each tenant as it finishes.
+    pub async fn run_once(
+        &self,
+        edge: &Edge,
+        progress: &(dyn Fn(&warren_store::engine::SweepItem) + Sync),
+    ) -> Result<SweepReport, warren_store::StoreError> {
+        self.update(|s| s.state = "busy");
+        let freeze_for = |t: &warren_core::TenantId| edge.tenants.freeze(t);
+        let result = edge
+            .ctx
+            .sync
+            .sweep(edge.ctx.config.sweep.concurrency, &freeze_for, progress)
+            .await;
+        self.update(|s| {
+            s.runs += 1;
+            s.last_run_ms = Some(unix_ms());
+            match &result {
+                Ok(report) => {
+                    s.state = if report.failed > 0 { "failing" } else { "idle" };
+                    s.last_error = (report.failed > 0)
+                        .then(|| format!("{} tenants failed to sync", report.failed));
+                    s.last_report = Some(report.clone());
+                }
+                Err(e) => {
+                    s.state = "failing";
+                    s.errors += 1;
+                    s.last_error = Some(e.to_string());
+                }
+            }
+        });
+        match &result {
+            Ok(r) => tracing::info!(
+                tenants = r.tenants,
+                created = r.snapshots_created,
+                unchanged = r.unchanged,
+                failed = r.failed,
+                bytes = r.bytes_uploaded,
+                elapsed_ms = r.elapsed_ms,
+                "sweep done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+        result
+    }
+
+    /// Runs sweeps on `schedule` until `stop` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        edge: Arc<Edge>,
+        schedule: Cron,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let now = chrono::Utc::now();
+            let Ok(next) = schedule.find_next_occurrence(&now, false) else {
+                tracing::warn!("the sweep schedule has no next occurrence; the sweep worker stops");
+                return;
+            };
+            self.update(|s| s.next_run_ms = Some(next.timestamp_millis() as u64));
+            let wait = (next - now).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let _ = self.run_once(&edge, &|_| {}).await;
+        }
+    }
+}
+
+/// Parses a five-field cron expression (UTC).
+pub fn parse(expr: &str) -> Result<Cron, String> {
+    Cron::new(expr)
+        .parse()
+        .map_err(|e| format!("invalid sweep.schedule {expr:?}: {e}"))
+}

@@ -1,0 +1,137 @@
+//! A client of a running gateway's admin API, for the CLI verbs that act on tenants'
+//! workspaces. With `--offline` the same verbs run the sync engine here instead, for
+//! when no gateway runs (a recovery, a migration).
+
+use std::net::ToSocketAddrs;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use warren_core::config::Config;
+
+use crate::settings::{ConfigArgs, admin_token};
+
+#[derive(clap::Args, Debug)]
+pub struct Target {
+    /// The gateway to ask (default: `public_url`, else `http://<listen>`).
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// Work on the data dir and the store directly; only when no gateway runs.
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl Target {
+    pub fn base(&self, config: &Config) -> String {
+        self.gateway
+            .clone()
+            .unwrap_or_else(|| config.public_url())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Refuses `--offline` while a gateway answers: two writers' freezes and syncs
+    /// would not know of each other.
+    pub fn check_offline(&self, config: &Config) -> anyhow::Result<()> {
+        let base = self.base(config);
+        let authority = base
+            .split("://")
+            .nth(1)
+            .unwrap_or(&base)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let reachable = authority
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .is_some_and(|a| {
+                std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(500))
+                    .is_ok()
+            });
+        if reachable {
+            bail!("a gateway answers at {base}: drop --offline and let it do the work");
+        }
+        Ok(())
+    }
+}
+
+/// Calls the admin API; `on_line` gets the body line by line as it streams in.
+pub async fn call(
+    config: &Config,
+    base: &str,
+    method: Method,
+    path: &str,
+    on_line: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let token = admin_token(config)?;
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
+        .body(Empty::<Bytes>::new())?;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("no gateway answers at {base} (start one, or pass --offline)"))?;
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    let mut whole = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if !status.is_success() {
+            whole.extend_from_slice(&data);
+            continue;
+        }
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            on_line(String::from_utf8_lossy(&line).trim())?;
+        }
+    }
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&whole);
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                Some(format!(
+                    "{} ({})",
+                    v["error"]["message"].as_str()?,
+                    v["error"]["code"].as_str()?
+                ))
+            })
+            .unwrap_or_else(|| text.into_owned());
+        bail!("the gateway refused: {status}: {message}");
+    }
+    if !pending.is_empty() {
+        on_line(String::from_utf8_lossy(&pending).trim())?;
+    }
+    Ok(())
+}
+
+/// `12.3 KB`, `4.0 MB`: bytes for people.
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// Runs a future on a small runtime, for a CLI verb.
+pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
