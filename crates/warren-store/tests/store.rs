@@ -139,9 +139,10 @@ async fn a_store_outage_mid_sync_loses_nothing_and_catches_up() {
 
         write_files(
             &ws,
-            &[("a.txt", b"two"), ("b.bin", &pseudo_random(2_000_000, 5))],
+            &[("a.txt", b"two"), ("b.bin", &pseudo_random(4_000_000, 5))],
         );
-        backend.break_store();
+        // The link goes down with about half of the new chunks uploaded.
+        backend.break_store_after(2_000_000);
         let failed = m.engine.sync(&t, None).await;
         assert!(
             failed.is_err(),
@@ -165,7 +166,26 @@ async fn a_store_outage_mid_sync_loses_nothing_and_catches_up() {
             "local changes are kept"
         );
 
+        assert_eq!(
+            m.engine.store().snapshot_seqs(&t).await.map_err(|_| ()),
+            Err(()),
+            "{}: still down",
+            backend.name()
+        );
         backend.heal_store();
+        assert_eq!(
+            m.engine.store().snapshot_seqs(&t).await.unwrap(),
+            [1],
+            "{}: no half snapshot",
+            backend.name()
+        );
+        if backend.name() == "s3" {
+            let stored = m.engine.store().chunks(&t).await.unwrap().len();
+            assert!(
+                stored > 10,
+                "the outage came mid-upload: {stored} chunks made it"
+            );
+        }
         let caught_up = m.engine.sync(&t, None).await.unwrap();
         assert_eq!(caught_up.seq, Some(2), "{}", backend.name());
         assert!(m.engine.status(&t).failing_since_ms.is_none());

@@ -3,8 +3,11 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -72,44 +75,87 @@ impl Drop for Moto {
 /// and healed: a real network outage between the gateway and the store.
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    up: watch::Sender<bool>,
+    up: Arc<watch::Sender<bool>>,
+    /// Bytes towards the target still allowed before the link is cut; negative: no limit.
+    budget: Arc<AtomicI64>,
 }
 
 impl FaultProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (up, _) = watch::channel(true);
-        let up_rx = up.subscribe();
+        let up = Arc::new(watch::channel(true).0);
+        let budget = Arc::new(AtomicI64::new(-1));
+        let (up2, budget2) = (up.clone(), budget.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let mut up = up_rx.clone();
-                if !*up.borrow() {
+                if !*up2.borrow() {
                     drop(client);
                     continue;
                 }
+                let (up, budget) = (up2.clone(), budget2.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
+                    let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
+                    let mut down = up.subscribe();
+                    let (client_rx, client_tx) = client.into_split();
+                    let (server_rx, server_tx) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = up.wait_for(|u| !*u) => {}
+                        _ = pipe(client_rx, server_tx, Some((&budget, &up))) => {}
+                        _ = pipe(server_rx, client_tx, None) => {}
+                        _ = down.wait_for(|u| !*u) => {}
                     }
                 });
             }
         });
-        Self { addr, up }
+        Self { addr, up, budget }
     }
 
+    /// Cuts the link now: open connections drop, new ones are refused.
     pub fn cut(&self) {
         self.up.send_replace(false);
     }
 
+    /// Cuts the link once `bytes` more have gone towards the target: an outage in the
+    /// middle of whatever is being sent.
+    pub fn cut_after(&self, bytes: i64) {
+        self.budget.store(bytes, Ordering::SeqCst);
+    }
+
     pub fn heal(&self) {
+        self.budget.store(-1, Ordering::SeqCst);
         self.up.send_replace(true);
+    }
+}
+
+/// Copies until EOF; with a budget, cuts the link when the budget runs out.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    budget: Option<(&AtomicI64, &watch::Sender<bool>)>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some((budget, up)) = budget {
+            let left = budget.load(Ordering::SeqCst);
+            if left >= 0 {
+                let after = budget.fetch_sub(n as i64, Ordering::SeqCst) - n as i64;
+                if after < 0 {
+                    up.send_replace(false);
+                    return;
+                }
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

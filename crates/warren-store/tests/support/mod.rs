@@ -90,6 +90,16 @@ impl Backend {
         }
     }
 
+    /// Makes the store fail part-way through what is sent next: the S3 link is cut
+    /// after `bytes` more go out; a local directory cannot fail half-way on demand, so
+    /// it fails at once.
+    pub fn break_store_after(&self, bytes: i64) {
+        match self {
+            Backend::Local { .. } => self.break_store(),
+            Backend::S3 { proxy, .. } => proxy.cut_after(bytes),
+        }
+    }
+
     pub fn heal_store(&self) {
         match self {
             Backend::Local { .. } => {
