@@ -459,14 +459,16 @@ impl SyncEngine {
                 }
                 _ = crate_sleep_until(due) => {
                     due = None;
+                    let (started, started_ms) = (Instant::now(), unix_ms());
                     match self.sync(&tenant, Some(&*freeze)).await {
                         Ok(_) => {
                             backoff = Duration::from_secs(1);
-                            // Changes that came during the sync keep their own timer.
-                            if pending_since.is_some_and(|p| changes.is_empty() && p <= Instant::now()) {
-                                pending_since = None;
-                                self.update(&tenant, |s| s.pending_since_ms = None);
-                            }
+                            // Everything seen before the capture is in the store now.
+                            // Changes queued meanwhile count from the capture's start,
+                            // and their events (still queued) set the next timer.
+                            let (next, next_ms) = if changes.is_empty() { (None, None) } else { (Some(started), Some(started_ms)) };
+                            pending_since = pending_since.and(next);
+                            self.update(&tenant, |s| s.pending_since_ms = s.pending_since_ms.and(next_ms));
                         }
                         Err(_) => {
                             due = Some(Instant::now() + backoff);
