@@ -219,6 +219,15 @@ pub fn thaw_group(pgid: u32) {
 mod tests {
     use super::*;
 
+    /// Kills a test sandbox's group however the test ends.
+    struct KillOnDrop(u32);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = killpg(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        }
+    }
+
     fn spec(tenant: &str, script: &str) -> SandboxSpec {
         SandboxSpec {
             tenant: TenantId::parse(tenant).unwrap(),
@@ -248,6 +257,7 @@ mod tests {
             ))
             .await
             .unwrap();
+        let _guard = KillOnDrop(sandbox.pid);
         assert!(
             sandbox.pid_start_ticks > 0,
             "the start time identifies the process"
@@ -301,6 +311,7 @@ mod tests {
         // A parent and a child, both counting into files.
         let script = "(while :; do echo x >> child; done) & while :; do echo x >> parent; done";
         let sandbox = rt.start(&spec("user_a", script)).await.unwrap();
+        let _guard = KillOnDrop(sandbox.pid);
         let size = |name: &str| {
             std::fs::metadata(sandbox.workspace.join(name))
                 .map(|m| m.len())

@@ -547,6 +547,16 @@ async fn sweep_syncs_every_tenant_and_reports() {
     let _ = Arc::clone(&m.engine);
 }
 
+/// Kills a sandbox's process group when dropped, panics included.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0 as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// A real sandbox (the process runtime) as the capture's freeze.
 struct SandboxFreeze {
     runtime: Arc<warren_runtime::ProcessRuntime>,
@@ -628,6 +638,8 @@ async fn sqlite_in_wal_mode_never_restores_torn_while_its_writer_runs() {
         env: vec![],
     };
     let sandbox = runtime.start(&spec).await.unwrap();
+    // Stopped however the test ends: a leaked writer would fill the disk.
+    let _guard = KillOnDrop(sandbox.pid);
     let ready = sandbox.workspace.join("ready");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !ready.exists() {
