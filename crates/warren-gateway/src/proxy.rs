@@ -5,27 +5,25 @@
 //! so an agent never sees a signature. The response body is streamed back holding the
 //! tenant's lease until its last byte, so a long download keeps the sandbox awake.
 //!
-//! WebSocket: the gateway opens its own WebSocket to the agent first, so the client's
-//! `101` carries the subprotocol the agent chose, and an agent that refuses the
-//! upgrade is answered with its own status. Then messages are relayed one by one;
-//! a close on either side is passed on with its code, and an agent that vanishes
-//! without one is reported to the client as 1011.
+//! WebSocket: the upgrade goes to the agent first, so the client's `101` is the agent's
+//! (subprotocol and extensions included), and an agent that refuses the upgrade is
+//! answered with its own status. Then the two connections are joined byte for byte;
+//! closes pass through with their codes, and an agent that vanishes without one is
+//! reported to the client as 1011.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use warren_core::ErrorCode;
 
 use crate::error::ApiError;
@@ -148,16 +146,32 @@ impl HttpBody for LeasedBody {
     }
 }
 
-/// Headers of the client's upgrade request that the agent should see.
-const WS_FORWARDED: [header::HeaderName; 5] = [
+/// Headers of the client's upgrade request that the agent should see. The key and
+/// extensions go through as they are, so the agent's answer is the client's answer and
+/// whatever the two negotiate (permessage-deflate included) works end to end.
+const WS_FORWARDED: [header::HeaderName; 7] = [
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
     header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_EXTENSIONS,
     header::ORIGIN,
     header::USER_AGENT,
     header::COOKIE,
-    header::ACCEPT_LANGUAGE,
+];
+
+/// Headers of the agent's `101` that the client should see.
+const WS_ANSWERED: [header::HeaderName; 3] = [
+    header::SEC_WEBSOCKET_ACCEPT,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_EXTENSIONS,
 ];
 
 /// Proxies a WebSocket upgrade to the agent at `address`.
+///
+/// The upgrade is forwarded as an HTTP request on a fresh connection; an agent that
+/// refuses is answered with its own response. After both `101`s the two connections
+/// are joined byte for byte (as nginx does), with a frame-header tracker on each
+/// direction that sees closes and activity without touching payloads.
 pub async fn websocket(
     address: SocketAddr,
     path_and_query: &str,
@@ -179,129 +193,216 @@ pub async fn websocket(
         )
         .retry_after(1)
     };
-    let mut upstream = format!("ws://{address}{path_and_query}")
-        .into_client_request()
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
         .map_err(|_| unreachable())?;
+    stream.set_nodelay(true).ok();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| {
+            tracing::warn!(%address, error = %e, "cannot open a connection to the sandbox");
+            unreachable()
+        })?;
+    tokio::spawn(connection.with_upgrades());
+
     let mut headers = request.headers().clone();
     clean_headers(&mut headers, strip);
+    let mut upstream = Request::get(path_and_query)
+        .header(header::HOST, address.to_string())
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .body(Body::empty())
+        .map_err(|_| unreachable())?;
     for name in WS_FORWARDED {
         for value in headers.get_all(&name) {
             upstream.headers_mut().append(name.clone(), value.clone());
         }
     }
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
+    let mut answer = sender.send_request(upstream).await.map_err(|e| {
+        tracing::warn!(%address, error = %e, "WebSocket handshake with the sandbox failed");
+        unreachable()
+    })?;
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The agent said no: pass its answer on.
+        let (mut parts, body) = answer.into_parts();
+        clean_headers(
+            &mut parts.headers,
+            &Strip {
+                authorization: false,
+                cookie_name: "",
+            },
+        );
+        return Ok(Response::from_parts(parts, Body::new(body)));
+    }
+    let agent_upgrade = hyper::upgrade::on(&mut answer);
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .body(Body::empty())
         .map_err(|_| unreachable())?;
-    stream.set_nodelay(true).ok();
-    let (agent, agent_response) = match tokio_tungstenite::client_async_with_config(
-        upstream,
-        stream,
-        Some(websocket::config()),
-    )
-    .await
-    {
-        Ok(pair) => pair,
-        Err(tungstenite::Error::Http(refusal)) => {
-            // The agent said no: pass its answer on.
-            let (parts, body) = refusal.into_parts();
-            return Ok(Response::from_parts(
-                parts,
-                Body::from(body.unwrap_or_default()),
-            ));
+    for name in WS_ANSWERED {
+        if let Some(value) = answer.headers().get(&name) {
+            response.headers_mut().insert(name, value.clone());
         }
-        Err(e) => {
-            tracing::warn!(%address, error = %e, "WebSocket handshake with the sandbox failed");
-            return Err(unreachable());
-        }
-    };
-    let protocol = agent_response.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
-    let Some(response) = websocket::accept(request.headers(), protocol) else {
-        return Err(ApiError::new(
-            ErrorCode::AuthMalformed,
-            "not a valid WebSocket upgrade request",
-        ));
-    };
-    let upgrade = websocket::on_upgrade(&mut request);
+    }
+    let client_upgrade = websocket::on_upgrade(&mut request);
     tokio::spawn(async move {
-        match websocket::server_stream(upgrade).await {
-            Ok(client) => relay(client, agent, lease).await,
-            Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
+        match tokio::try_join!(client_upgrade, agent_upgrade) {
+            Ok((client, agent)) => relay(TokioIo::new(client), TokioIo::new(agent), lease).await,
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
         }
     });
     Ok(response)
 }
 
-/// Relays messages both ways until both sides have closed.
-///
-/// A close from one side is passed to the other, and both streams are then read until
-/// they end: reading is what lets tungstenite send its reply to a close, so a side is
-/// only done when its stream ends, not when its close frame arrives.
+/// The close frame a client gets when its agent vanished without one: 1011, as a
+/// server (unmasked) frame.
+const SANDBOX_GONE: &[u8] = b"\x88\x11\x03\xf3sandbox stopped";
+
+/// Joins the client and agent connections until both directions have ended, the close
+/// handshake is complete (a close frame has gone each way), or one direction has ended
+/// and the other did not follow within `CLOSE_GRACE`.
 async fn relay<C, A>(client: C, agent: A, lease: Lease)
 where
-    C: futures_util::Stream<Item = Result<Message, tungstenite::Error>>
-        + futures_util::Sink<Message>
-        + Unpin,
-    A: futures_util::Stream<Item = Result<Message, tungstenite::Error>>
-        + futures_util::Sink<Message>
-        + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_tx, mut client_rx) = client.split();
-    let (mut agent_tx, mut agent_rx) = agent.split();
-    let (mut client_done, mut agent_done) = (false, false);
-    let mut closing_since: Option<tokio::time::Instant> = None;
-    while !(client_done && agent_done) {
-        let grace = closing_since.map(|t| t + CLOSE_GRACE);
+    let (client_rx, client_tx) = tokio::io::split(client);
+    let (agent_rx, agent_tx) = tokio::io::split(agent);
+    let closes = Closes::default();
+    let up = pipe(client_rx, agent_tx, &closes, Closes::FROM_CLIENT, &lease);
+    let down = pipe(agent_rx, client_tx, &closes, Closes::FROM_AGENT, &lease);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut grace: Option<tokio::time::Instant> = None;
+    while !(closes.complete() || up_done && down_done) {
         tokio::select! {
-            item = client_rx.next(), if !client_done => {
-                let farewell = close(CloseCode::Away, "client went away");
-                client_done = pass_on(item, &mut agent_tx, &lease, &mut closing_since, farewell).await;
+            mut agent_tx = &mut up, if !up_done => {
+                up_done = true;
+                let _ = agent_tx.shutdown().await;
+                grace.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
             }
-            item = agent_rx.next(), if !agent_done => {
-                let farewell = close(CloseCode::Error, "sandbox stopped");
-                agent_done = pass_on(item, &mut client_tx, &lease, &mut closing_since, farewell).await;
+            mut client_tx = &mut down, if !down_done => {
+                down_done = true;
+                if !closes.any() {
+                    let _ = client_tx.write_all(SANDBOX_GONE).await;
+                }
+                let _ = client_tx.shutdown().await;
+                grace.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
             }
+            _ = closes.changed.notified() => {}
             _ = sleep_until_opt(grace) => break,
         }
     }
 }
 
-/// Passes one item read from a side to the other side. Returns whether the reading
-/// side has ended; a side that ends without a close makes the other get `farewell`.
-async fn pass_on<S: futures_util::Sink<Message> + Unpin>(
-    item: Option<Result<Message, tungstenite::Error>>,
-    to: &mut S,
-    lease: &Lease,
-    closing_since: &mut Option<tokio::time::Instant>,
-    farewell: Message,
-) -> bool {
-    match item {
-        // Each hop answers its own pings.
-        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => false,
-        Some(Ok(close @ Message::Close(_))) => {
-            closing_since.get_or_insert_with(tokio::time::Instant::now);
-            let _ = to.send(close).await;
-            false
+/// Which directions have carried a close frame.
+#[derive(Default)]
+struct Closes {
+    seen: AtomicU8,
+    changed: tokio::sync::Notify,
+}
+
+impl Closes {
+    const FROM_CLIENT: u8 = 1;
+    const FROM_AGENT: u8 = 2;
+
+    fn mark(&self, direction: u8) {
+        if self.seen.fetch_or(direction, Ordering::AcqRel) & direction == 0 {
+            self.changed.notify_one();
         }
-        Some(Ok(message)) => {
-            lease.touch();
-            let _ = to.send(message).await;
-            false
+    }
+
+    fn any(&self) -> bool {
+        self.seen.load(Ordering::Acquire) != 0
+    }
+
+    fn complete(&self) -> bool {
+        self.seen.load(Ordering::Acquire) == Self::FROM_CLIENT | Self::FROM_AGENT
+    }
+}
+
+/// Copies one direction until EOF or an error; returns the writing half.
+async fn pipe<R, W>(mut from: R, mut to: W, closes: &Closes, direction: u8, lease: &Lease) -> W
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut frames = FrameTracker::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        frames.feed(&buf[..n]);
+        lease.touch();
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
         }
-        None | Some(Err(_)) => {
-            if closing_since.is_none() {
-                *closing_since = Some(tokio::time::Instant::now());
-                let _ = to.send(farewell).await;
+        // Marked once the close frame is passed on, so a complete handshake means both
+        // closes were delivered.
+        if frames.saw_close {
+            closes.mark(direction);
+        }
+    }
+    to
+}
+
+/// Follows frame boundaries in one direction of a WebSocket by reading headers only
+/// (RFC 6455, 5.2), to notice a close frame.
+#[derive(Default)]
+struct FrameTracker {
+    /// The header bytes of the frame being read.
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to pass.
+    skip: u64,
+    saw_close: bool,
+}
+
+impl FrameTracker {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(data.len() as u64)) as usize;
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
             }
-            true
+            self.header.push(data[0]);
+            data = &data[1..];
+            if let Some((opcode, payload)) = parse_frame_header(&self.header) {
+                self.saw_close |= opcode == 0x8;
+                self.skip = payload;
+                self.header.clear();
+            }
         }
     }
 }
 
-fn close(code: CloseCode, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }))
+/// The opcode and payload length of a complete frame header, or `None` while more
+/// header bytes are needed.
+fn parse_frame_header(h: &[u8]) -> Option<(u8, u64)> {
+    if h.len() < 2 {
+        return None;
+    }
+    let masked = h[1] & 0x80 != 0;
+    let (extended, short) = match h[1] & 0x7f {
+        126 => (2, None),
+        127 => (8, None),
+        n => (0, Some(n as u64)),
+    };
+    let total = 2 + extended + if masked { 4 } else { 0 };
+    if h.len() < total {
+        return None;
+    }
+    let len = short.unwrap_or_else(|| {
+        h[2..2 + extended]
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | *b as u64)
+    });
+    Some((h[0] & 0x0f, len))
 }
 
 #[cfg(test)]
@@ -342,6 +443,35 @@ mod tests {
         names.sort();
         assert_eq!(names, ["accept", "cookie"]);
         assert_eq!(headers.get(header::COOKIE).unwrap(), "a=1; b=2");
+    }
+
+    #[test]
+    fn the_frame_tracker_follows_headers_across_reads_and_sees_a_close() {
+        // A masked 300-byte binary frame (16-bit length), then a masked close frame,
+        // fed one byte at a time and then all at once.
+        let mut stream = vec![0x82, 0x80 | 126, 0x01, 0x2c, 1, 2, 3, 4];
+        stream.extend(std::iter::repeat_n(0x88u8, 300)); // payload bytes that look like closes
+        stream.extend([0x88, 0x82, 9, 9, 9, 9, 0x03, 0xe8]);
+        let mut bytewise = FrameTracker::default();
+        for (i, b) in stream.iter().enumerate() {
+            bytewise.feed(std::slice::from_ref(b));
+            assert_eq!(
+                bytewise.saw_close,
+                i == stream.len() - 1 || (bytewise.saw_close && i > 308),
+                "at byte {i}"
+            );
+        }
+        let mut whole = FrameTracker::default();
+        whole.feed(&stream);
+        assert!(whole.saw_close);
+        let mut text_only = FrameTracker::default();
+        text_only.feed(&stream[..308]);
+        assert!(!text_only.saw_close, "a payload is never read as a header");
+        assert_eq!(
+            parse_frame_header(&[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+            Some((1, 65536))
+        );
+        assert_eq!(SANDBOX_GONE.len(), 2 + 0x11);
     }
 
     #[test]

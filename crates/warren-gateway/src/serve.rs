@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use warren_core::sandbox::{SandboxState, StopCause};
 use warren_runtime::process::process_start_ticks;
@@ -73,6 +74,10 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = edge::router(self.edge.clone());
+        // Small answers go out at once, not after Nagle's delay.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = accepting_stopped.await;
         });

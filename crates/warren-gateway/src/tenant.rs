@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,8 +116,14 @@ pub struct Shared {
     in_flight: AtomicUsize,
     last_active_ms: AtomicU64,
     status: watch::Sender<Status>,
-    /// The running sandbox, for a sweep that must freeze it.
+    /// The running sandbox, for requests that find it ready and a sweep that must
+    /// freeze it.
     sandbox: Mutex<Option<Sandbox>>,
+    /// True while requests may go straight to the sandbox without the mailbox. A
+    /// request raises `in_flight` and then reads this; the actor clears this and then
+    /// reads `in_flight` before an idle stop (both SeqCst), so one of them always sees
+    /// the other and a request never lands on a sandbox being put to sleep.
+    ready: AtomicBool,
 }
 
 impl Shared {
@@ -134,7 +140,7 @@ pub struct Lease {
 
 impl Lease {
     fn new(shared: Arc<Shared>) -> Self {
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
         shared.touch();
         Self { shared }
     }
@@ -210,6 +216,23 @@ impl TenantHandle {
 
     /// Waits until the sandbox is ready (starting it if needed) and leases it.
     pub async fn acquire(&self) -> Result<Ready, ApiError> {
+        // The common case, a ready sandbox, needs no round trip through the actor.
+        let lease = Lease::new(self.shared.clone());
+        if self.shared.ready.load(Ordering::SeqCst)
+            && let Some(sandbox) = self
+                .shared
+                .sandbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+        {
+            return Ok(Ready {
+                address: sandbox.address,
+                lease,
+                phases: None,
+            });
+        }
+        drop(lease);
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Acquire(reply)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
@@ -339,6 +362,7 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         last_active_ms: AtomicU64::new(ctx.mono_ms()),
         status: watch::Sender::new(status),
         sandbox: Mutex::new(None),
+        ready: AtomicBool::new(false),
     });
     let handle = TenantHandle { tx, shared };
     let actor = Actor {

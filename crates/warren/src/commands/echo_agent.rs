@@ -18,6 +18,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
@@ -95,6 +96,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app).await.context("serving")
         })
 }
@@ -130,15 +134,13 @@ async fn ws(State(agent): State<Arc<Agent>>, mut request: Request<Body>) -> Resp
                     Message::Text(text)
                 }
                 Message::Binary(data) => Message::Binary(data),
-                Message::Close(_) => break,
+                // After a close, reading on sends tungstenite's reply and then ends.
                 _ => continue,
             };
             if socket.send(reply).await.is_err() {
                 break;
             }
         }
-        // Completes the close handshake if the peer started one.
-        let _ = socket.close(None).await;
     });
     response
 }
