@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use warren_core::TenantId;
 use warren_core::layout::Layout;
@@ -28,6 +28,7 @@ use crate::restore::{materialize_newest_intact, staging_path, state_after_restor
 use crate::retention::{RetentionPolicy, RetentionReport};
 use crate::snapshot::{SnapshotRecord, SyncReport, sync_workspace};
 use crate::store::Store;
+use crate::watch::FileEvents;
 use crate::{Freeze, StoreError, unix_ms};
 
 #[derive(Debug, Clone)]
@@ -94,6 +95,7 @@ pub struct SweepReport {
 pub struct SyncEngine {
     store: Store,
     layout: Layout,
+    events: FileEvents,
     settings: SyncSettings,
     writer: String,
     tenants: Mutex<HashMap<TenantId, Arc<TenantSync>>>,
@@ -103,6 +105,7 @@ impl SyncEngine {
     pub fn new(store: Store, layout: Layout, settings: SyncSettings, writer: String) -> Arc<Self> {
         Arc::new(Self {
             store,
+            events: FileEvents::new(layout.tenants_dir()),
             layout,
             settings,
             writer,
@@ -401,7 +404,12 @@ impl SyncEngine {
     pub fn watch(self: &Arc<Self>, tenant: TenantId, freeze: Arc<dyn Freeze>) -> Watch {
         let (stop_tx, stop_rx) = oneshot::channel();
         let engine = self.clone();
-        let task = tokio::spawn(async move { engine.watch_loop(tenant, freeze, stop_rx).await });
+        // Subscribed before returning: no change after `watch` is missed.
+        let changes = self
+            .events
+            .subscribe(&tenant, &self.layout.workspace(&tenant));
+        let task =
+            tokio::spawn(async move { engine.watch_loop(tenant, freeze, changes, stop_rx).await });
         Watch {
             stop: Some(stop_tx),
             task: Some(task),
@@ -412,33 +420,14 @@ impl SyncEngine {
         self: Arc<Self>,
         tenant: TenantId,
         freeze: Arc<dyn Freeze>,
+        mut changes: tokio::sync::mpsc::UnboundedReceiver<()>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        use notify::{EventKind, RecursiveMode, Watcher};
-        let (tx, mut changes) = mpsc::unbounded_channel::<()>();
-        let mut watcher = match notify::recommended_watcher(
-            move |event: notify::Result<notify::Event>| {
-                // Reads (including our own capture's) are not changes.
-                if event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_))) {
-                    let _ = tx.send(());
-                }
-            },
-        ) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(%tenant, error = %e, "no file watcher; relying on the safety pass");
-                None
-            }
-        };
         let workspace = self.layout.workspace(&tenant);
-        if let Some(w) = watcher.as_mut()
-            && let Err(e) = w.watch(&workspace, RecursiveMode::Recursive)
-        {
-            tracing::warn!(%tenant, error = %e, "cannot watch the workspace; relying on the safety pass");
-        }
-
         let mut pending_since: Option<Instant> = None;
-        let mut due: Option<Instant> = None;
+        // One look soon after the start: what the agent wrote while it booted, before
+        // anyone watched, is not left to the safety pass.
+        let mut due: Option<Instant> = Some(Instant::now() + self.settings.max_delay);
         let mut backoff = Duration::from_secs(1);
         let mut safety = tokio::time::interval_at(
             Instant::now() + self.settings.safety_interval,
@@ -448,6 +437,8 @@ impl SyncEngine {
             tokio::select! {
                 _ = &mut stop => break,
                 Some(()) = changes.recv() => {
+                    // Drain a burst at once: one timer update per wake-up.
+                    while changes.try_recv().is_ok() {}
                     let now = Instant::now();
                     let first = *pending_since.get_or_insert(now);
                     if pending_since == Some(now) {
@@ -483,6 +474,7 @@ impl SyncEngine {
                 }
             }
         }
+        self.events.unsubscribe(&tenant, &workspace);
     }
 }
 

@@ -23,6 +23,7 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod store;
+pub mod watch;
 
 pub use engine::{SyncEngine, SyncSettings, SyncStatus};
 pub use snapshot::{SnapshotRecord, SyncReport};

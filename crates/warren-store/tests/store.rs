@@ -716,3 +716,51 @@ async fn sqlite_in_wal_mode_never_restores_torn_while_its_writer_runs() {
     }
     assert!(last_newest > 0);
 }
+
+/// A freeze for a workspace no process writes to.
+struct NoProcess;
+
+impl Freeze for NoProcess {
+    fn freeze(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn thaw(&self) {}
+}
+
+#[tokio::test]
+async fn hundreds_of_running_workspaces_are_all_watched() {
+    // More than the kernel's default 128 inotify instances per user.
+    let backend = Backend::local();
+    let m = Machine::new(&backend, "gw");
+    let tenants: Vec<TenantId> = (0..200).map(|i| tenant(&format!("user_{i}"))).collect();
+    let mut watches = Vec::new();
+    for t in &tenants {
+        write_files(&m.workspace(t), &[("f", b"0")]);
+        m.engine.sync(t, None).await.unwrap();
+        watches.push(m.engine.watch(t.clone(), Arc::new(NoProcess)));
+    }
+    let last = tenants.last().unwrap();
+    // Let the first look after the start pass, so only a file event can catch the change.
+    let before = m.engine.status(last).last_sync_ms;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while m.engine.status(last).last_sync_ms == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first look never came"
+        );
+        tokio::time::sleep(support::POLL).await;
+    }
+    write_files(&m.workspace(last), &[("f", b"changed")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while m.engine.status(last).seq != Some(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a change in the 200th workspace was never synced"
+        );
+        tokio::time::sleep(support::POLL).await;
+    }
+    for w in watches {
+        w.stop().await;
+    }
+}

@@ -48,12 +48,26 @@ fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
     }
 }
 
+/// Raises the open-files limit to its hard limit: every proxied connection, WebSocket and
+/// sandbox holds descriptors, and the default soft limit (1024) is far below what one
+/// gateway serves.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
     init_logging(&config);
+    raise_fd_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
