@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use warren_core::ErrorCode;
 
 use crate::error::ApiError;
@@ -261,93 +261,159 @@ pub async fn websocket(
 const SANDBOX_GONE: &[u8] = b"\x88\x11\x03\xf3sandbox stopped";
 
 /// Joins the client and agent connections until both directions have ended, the close
-/// handshake is complete (a close frame has gone each way), or one direction has ended
-/// and the other did not follow within `CLOSE_GRACE`.
+/// handshake is complete (a close frame has been delivered each way), or one direction
+/// has ended and the other did not follow within `CLOSE_GRACE`.
+///
+/// One task copies both ways (`copy_bidirectional`); each side's wrapper watches the
+/// frames written to it, so the relay knows when closes were delivered, and writes
+/// the 1011 close to a client whose agent vanished without one.
 async fn relay<C, A>(client: C, agent: A, lease: Lease)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     A: AsyncRead + AsyncWrite + Unpin,
 {
-    let (client_rx, client_tx) = tokio::io::split(client);
-    let (agent_rx, agent_tx) = tokio::io::split(agent);
-    let closes = Closes::default();
-    let up = pipe(client_rx, agent_tx, &closes, Closes::FROM_CLIENT, &lease);
-    let down = pipe(agent_rx, client_tx, &closes, Closes::FROM_AGENT, &lease);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
+    let state = RelayState::default();
+    let mut client = Side::new(client, &state, Side::<C>::CLIENT, &lease);
+    let mut agent = Side::new(agent, &state, Side::<A>::AGENT, &lease);
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, 16 * 1024, 16 * 1024);
+    tokio::pin!(copy);
     let mut grace: Option<tokio::time::Instant> = None;
-    while !(closes.complete() || up_done && down_done) {
+    loop {
         tokio::select! {
-            mut agent_tx = &mut up, if !up_done => {
-                up_done = true;
-                let _ = agent_tx.shutdown().await;
-                grace.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
-            }
-            mut client_tx = &mut down, if !down_done => {
-                down_done = true;
-                if !closes.any() {
-                    let _ = client_tx.write_all(SANDBOX_GONE).await;
+            _ = &mut copy => break,
+            _ = state.changed.notified() => {
+                if state.closes_delivered() {
+                    break;
                 }
-                let _ = client_tx.shutdown().await;
-                grace.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
+                if state.any_ended() {
+                    grace.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
+                }
             }
-            _ = closes.changed.notified() => {}
             _ = sleep_until_opt(grace) => break,
         }
     }
 }
 
-/// Which directions have carried a close frame.
+/// What the two sides of a relay have seen, as bits: a close frame delivered to the
+/// client or to the agent, and the end of the copy towards each.
 #[derive(Default)]
-struct Closes {
-    seen: AtomicU8,
+struct RelayState {
+    bits: AtomicU8,
     changed: tokio::sync::Notify,
 }
 
-impl Closes {
-    const FROM_CLIENT: u8 = 1;
-    const FROM_AGENT: u8 = 2;
-
-    fn mark(&self, direction: u8) {
-        if self.seen.fetch_or(direction, Ordering::AcqRel) & direction == 0 {
+impl RelayState {
+    fn set(&self, bit: u8) {
+        if self.bits.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
             self.changed.notify_one();
         }
     }
 
-    fn any(&self) -> bool {
-        self.seen.load(Ordering::Acquire) != 0
+    fn has(&self, bits: u8) -> bool {
+        self.bits.load(Ordering::Acquire) & bits == bits
     }
 
-    fn complete(&self) -> bool {
-        self.seen.load(Ordering::Acquire) == Self::FROM_CLIENT | Self::FROM_AGENT
+    fn any_close(&self) -> bool {
+        self.bits.load(Ordering::Acquire) & (CLOSE_TO_CLIENT | CLOSE_TO_AGENT) != 0
+    }
+
+    fn closes_delivered(&self) -> bool {
+        self.has(CLOSE_TO_CLIENT | CLOSE_TO_AGENT)
+    }
+
+    fn any_ended(&self) -> bool {
+        self.bits.load(Ordering::Acquire) & (ENDED_TO_CLIENT | ENDED_TO_AGENT) != 0
     }
 }
 
-/// Copies one direction until EOF or an error; returns the writing half.
-async fn pipe<R, W>(mut from: R, mut to: W, closes: &Closes, direction: u8, lease: &Lease) -> W
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut frames = FrameTracker::default();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+const CLOSE_TO_CLIENT: u8 = 1;
+const CLOSE_TO_AGENT: u8 = 2;
+const ENDED_TO_CLIENT: u8 = 4;
+const ENDED_TO_AGENT: u8 = 8;
+
+/// One side of a relay: reads pass through; writes are followed frame by frame.
+struct Side<'a, T> {
+    io: T,
+    state: &'a RelayState,
+    /// (close delivered, copy ended) bits for writes to this side.
+    bits: (u8, u8),
+    lease: &'a Lease,
+    frames: FrameTracker,
+    /// How much of `SANDBOX_GONE` has been written (client side only).
+    farewell: Option<usize>,
+}
+
+impl<'a, T> Side<'a, T> {
+    const CLIENT: bool = true;
+    const AGENT: bool = false;
+
+    fn new(io: T, state: &'a RelayState, client: bool, lease: &'a Lease) -> Self {
+        let bits = if client {
+            (CLOSE_TO_CLIENT, ENDED_TO_CLIENT)
+        } else {
+            (CLOSE_TO_AGENT, ENDED_TO_AGENT)
         };
-        frames.feed(&buf[..n]);
-        lease.touch();
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        // Marked once the close frame is passed on, so a complete handshake means both
-        // closes were delivered.
-        if frames.saw_close {
-            closes.mark(direction);
+        Self {
+            io,
+            state,
+            bits,
+            lease,
+            frames: FrameTracker::default(),
+            farewell: client.then_some(0),
         }
     }
-    to
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Side<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Side<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = std::task::ready!(Pin::new(&mut this.io).poll_write(cx, data))?;
+        this.frames.feed(&data[..written]);
+        this.lease.touch();
+        if this.frames.saw_close {
+            this.state.set(this.bits.0);
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// The copy towards this side has ended. A client whose agent vanished without a
+    /// close gets 1011 first.
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        while let Some(sent) = this.farewell
+            && !this.state.any_close()
+            && sent < SANDBOX_GONE.len()
+        {
+            match std::task::ready!(Pin::new(&mut this.io).poll_write(cx, &SANDBOX_GONE[sent..]))? {
+                0 => this.farewell = None,
+                n => this.farewell = Some(sent + n),
+            }
+        }
+        this.state.set(this.bits.1);
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
 }
 
 /// Follows frame boundaries in one direction of a WebSocket by reading headers only
