@@ -123,6 +123,13 @@ pub enum RuntimeKind {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     pub kind: RuntimeKind,
+    /// `namespaces`: each sandbox in its own namespaces under bubblewrap, as
+    /// `sandbox_uid`, with a private loopback. `none`: plain processes (development).
+    pub isolation: IsolationKind,
+    /// The unprivileged user sandboxes run as.
+    pub sandbox_uid: u32,
+    /// The port agents listen on inside their own loopback.
+    pub agent_port: u16,
     /// How long an agent may take to answer its readiness probe.
     pub start_timeout: ConfigDuration,
     /// How long a stopping agent gets between SIGTERM and SIGKILL.
@@ -133,6 +140,9 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             kind: RuntimeKind::Process,
+            isolation: IsolationKind::Namespaces,
+            sandbox_uid: 65534,
+            agent_port: 8787,
             start_timeout: ConfigDuration(Duration::from_secs(60)),
             stop_grace: ConfigDuration(Duration::from_secs(5)),
         }
@@ -141,21 +151,33 @@ impl Default for RuntimeConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum IsolationKind {
+    Namespaces,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     /// The built-in echo agent (`warren echo-agent`).
     Echo,
+    /// Any program that serves HTTP on `WARREN_AGENT_ADDR` and answers `GET /healthz`.
+    Command,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     pub kind: AgentKind,
+    /// For `command`: the program and its arguments.
+    pub command: Vec<String>,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             kind: AgentKind::Echo,
+            command: Vec::new(),
         }
     }
 }
@@ -458,6 +480,17 @@ impl Config {
             .is_some_and(|s| s.expose().len() < 16)
         {
             return invalid("the signing secret must be at least 16 bytes".into());
+        }
+        if self.agent.kind == AgentKind::Command && self.agent.command.is_empty() {
+            return invalid("agent.command is required when agent.kind = \"command\"".into());
+        }
+        if self.runtime.isolation == IsolationKind::Namespaces
+            && (self.runtime.sandbox_uid == 0 || self.runtime.agent_port == 0)
+        {
+            return invalid(
+                "runtime.sandbox_uid must not be 0 (root) and runtime.agent_port must be set"
+                    .into(),
+            );
         }
         if self.runtime.start_timeout.0.is_zero() {
             return invalid("runtime.start_timeout must be more than 0".into());

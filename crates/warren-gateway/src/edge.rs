@@ -199,11 +199,19 @@ async fn forward(
         cookie_name: &edge.ctx.config.auth.cookie_name,
     };
     let mut response = if websocket::is_upgrade(request.headers()) {
-        proxy::websocket(ready.address, &path, request, &strip, ready.lease).await?
+        proxy::websocket(
+            &edge.ctx,
+            &ready.upstream,
+            &path,
+            request,
+            &strip,
+            ready.lease,
+        )
+        .await?
     } else {
         proxy::http(
             &edge.ctx,
-            ready.address,
+            &ready.upstream,
             &path,
             request,
             &strip,

@@ -10,7 +10,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use warren_core::Secret;
 use warren_core::auth::Signer;
 use warren_core::config::Config;
@@ -27,6 +26,7 @@ pub mod proxy;
 pub mod schedule;
 pub mod serve;
 pub mod tenant;
+pub mod upstream;
 pub mod websocket;
 
 pub use serve::Gateway;
@@ -49,7 +49,9 @@ pub struct Context {
     pub sync: Arc<SyncEngine>,
     pub admission: Arc<admission::Admission>,
     /// Pooled HTTP/1.1 connections to sandboxes.
-    pub client: Client<HttpConnector, Body>,
+    pub client: Client<upstream::Upstreams, Body>,
+    /// Which name reaches which sandbox.
+    pub upstreams: upstream::Upstreams,
     /// The agent's program and arguments, run in every sandbox.
     pub agent_command: Vec<String>,
     /// The monotonic origin of activity clocks.
@@ -70,11 +72,10 @@ impl Context {
             config.admission.queue_limit,
             config.admission.queue_timeout.0,
         ));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let upstreams = upstream::Upstreams::new(services.runtime.connector().clone());
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .build(connector);
+            .build(upstreams.clone());
         Self {
             config,
             signer,
@@ -84,6 +85,7 @@ impl Context {
             sync: services.sync,
             admission,
             client,
+            upstreams,
             agent_command,
             epoch: Instant::now(),
             // Generations only need to grow across restarts; start from the wall clock.

@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::body::Body;
 use http::Request;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use warren_runtime::{Exit, Sandbox};
 
@@ -31,12 +30,13 @@ impl std::fmt::Display for ProbeError {
 }
 
 pub async fn wait_ready(
-    client: &Client<HttpConnector, Body>,
+    client: &Client<crate::upstream::Upstreams, Body>,
     sandbox: &Sandbox,
+    upstream: &crate::upstream::Upstream,
     path: &str,
     deadline: Instant,
 ) -> Result<(), ProbeError> {
-    let uri = format!("http://{}{path}", sandbox.address);
+    let uri = format!("http://{}{path}", upstream.authority);
     let mut delay = Duration::from_millis(1);
     let mut last = None;
     let mut exited = sandbox.exited.clone();

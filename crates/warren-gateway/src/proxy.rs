@@ -11,7 +11,6 @@
 //! closes pass through with their codes, and an agent that vanishes without one is
 //! reported to the client as 1011.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context as TaskContext, Poll};
@@ -28,6 +27,7 @@ use warren_core::ErrorCode;
 
 use crate::error::ApiError;
 use crate::tenant::Lease;
+use crate::upstream::Upstream;
 use crate::websocket;
 use crate::{Context, sleep_until_opt};
 
@@ -84,23 +84,23 @@ fn clean_headers(headers: &mut HeaderMap, strip: &Strip<'_>) {
     }
 }
 
-/// Proxies one HTTP request to the agent at `address`.
+/// Proxies one HTTP request to the agent at `upstream`.
 pub async fn http(
     ctx: &Context,
-    address: SocketAddr,
+    upstream: &Upstream,
     path_and_query: &str,
     mut request: Request<Body>,
     strip: &Strip<'_>,
     lease: Lease,
 ) -> Result<Response<Body>, ApiError> {
-    let uri = format!("http://{address}{path_and_query}")
+    let uri = format!("http://{}{path_and_query}", upstream.authority)
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::Internal, "cannot build the upstream URI"))?;
     *request.uri_mut() = uri;
     *request.version_mut() = http::Version::HTTP_11;
     clean_headers(request.headers_mut(), strip);
     let response = ctx.client.request(request).await.map_err(|e| {
-        tracing::warn!(%address, error = %e, "request to the sandbox failed");
+        tracing::warn!(upstream = %upstream.authority, error = %e, "request to the sandbox failed");
         ApiError::new(ErrorCode::SandboxUnreachable, "the sandbox did not answer").retry_after(1)
     })?;
     let (mut parts, body) = response.into_parts();
@@ -166,14 +166,15 @@ const WS_ANSWERED: [header::HeaderName; 3] = [
     header::SEC_WEBSOCKET_EXTENSIONS,
 ];
 
-/// Proxies a WebSocket upgrade to the agent at `address`.
+/// Proxies a WebSocket upgrade to the agent at `upstream`.
 ///
 /// The upgrade is forwarded as an HTTP request on a fresh connection; an agent that
 /// refuses is answered with its own response. After both `101`s the two connections
 /// are joined byte for byte (as nginx does), with a frame-header tracker on each
 /// direction that sees closes and activity without touching payloads.
 pub async fn websocket(
-    address: SocketAddr,
+    ctx: &Context,
+    upstream: &Upstream,
     path_and_query: &str,
     mut request: Request<Body>,
     strip: &Strip<'_>,
@@ -193,10 +194,13 @@ pub async fn websocket(
         )
         .retry_after(1)
     };
-    let stream = tokio::net::TcpStream::connect(address)
+    let address = upstream.endpoint.addr;
+    let stream = ctx
+        .upstreams
+        .connector()
+        .connect(&upstream.endpoint)
         .await
         .map_err(|_| unreachable())?;
-    stream.set_nodelay(true).ok();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| {

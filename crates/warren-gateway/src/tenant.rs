@@ -15,7 +15,6 @@
 //! WebSocket) bumps counters in `Shared` and touches the activity clock when dropped.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +32,7 @@ use warren_store::{Freeze, SyncStatus};
 
 use crate::admission::{AdmissionError, Slot};
 use crate::error::ApiError;
+use crate::upstream::Upstream;
 use crate::{Context, SandboxFreeze, probe, sleep_until_opt, unix_ms};
 
 /// What `/api/status` shows of a tenant's sandbox.
@@ -81,7 +81,7 @@ impl StartPhases {
 
 /// A ready sandbox, handed to one request.
 pub struct Ready {
-    pub address: SocketAddr,
+    pub upstream: Upstream,
     pub lease: Lease,
     /// Set when this request waited for the start.
     pub phases: Option<StartPhases>,
@@ -91,6 +91,7 @@ type ReadyReply = oneshot::Sender<Result<Ready, ApiError>>;
 
 struct Started {
     sandbox: Sandbox,
+    upstream: Upstream,
     slot: Slot,
     phases: StartPhases,
 }
@@ -118,7 +119,7 @@ pub struct Shared {
     status: watch::Sender<Status>,
     /// The running sandbox, for requests that find it ready and a sweep that must
     /// freeze it.
-    sandbox: Mutex<Option<Sandbox>>,
+    sandbox: Mutex<Option<(Sandbox, Upstream)>>,
     /// True while requests may go straight to the sandbox without the mailbox. A
     /// request raises `in_flight` and then reads this; the actor clears this and then
     /// reads `in_flight` before an idle stop (both SeqCst), so one of them always sees
@@ -192,7 +193,7 @@ impl TenantHandle {
 
     /// Ready, with nothing in flight: a candidate for eviction.
     pub fn is_idle(&self) -> bool {
-        self.shared.in_flight.load(Ordering::Acquire) == 0
+        self.shared.in_flight.load(Ordering::SeqCst) == 0
             && self.shared.status.borrow().state == SandboxState::Ready
     }
 
@@ -202,7 +203,7 @@ impl TenantHandle {
 
     /// The freeze of the running sandbox, if one runs.
     pub fn freeze(&self) -> Option<Arc<dyn Freeze>> {
-        let sandbox = self
+        let (sandbox, _) = self
             .shared
             .sandbox
             .lock()
@@ -219,7 +220,7 @@ impl TenantHandle {
         // The common case, a ready sandbox, needs no round trip through the actor.
         let lease = Lease::new(self.shared.clone());
         if self.shared.ready.load(Ordering::SeqCst)
-            && let Some(sandbox) = self
+            && let Some((_, upstream)) = self
                 .shared
                 .sandbox
                 .lock()
@@ -227,7 +228,7 @@ impl TenantHandle {
                 .as_ref()
         {
             return Ok(Ready {
-                address: sandbox.address,
+                upstream: upstream.clone(),
                 lease,
                 phases: None,
             });
@@ -384,6 +385,7 @@ enum Phase {
     Starting(u64),
     Ready {
         sandbox: Sandbox,
+        upstream: Upstream,
         slot: Slot,
         watch: Watch,
     },
@@ -518,10 +520,10 @@ impl Actor {
 
     async fn acquire(&mut self, reply: ReadyReply) {
         match &self.phase {
-            Phase::Ready { sandbox, .. } => {
+            Phase::Ready { upstream, .. } => {
                 let lease = Lease::new(self.shared().clone());
                 let _ = reply.send(Ok(Ready {
-                    address: sandbox.address,
+                    upstream: upstream.clone(),
                     lease,
                     phases: None,
                 }));
@@ -558,6 +560,7 @@ impl Actor {
         match result {
             Ok(Started {
                 sandbox,
+                upstream,
                 slot,
                 phases,
             }) => {
@@ -582,10 +585,10 @@ impl Actor {
                     .shared()
                     .sandbox
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(sandbox.clone());
-                let address = sandbox.address;
+                    .unwrap_or_else(|e| e.into_inner()) = Some((sandbox.clone(), upstream.clone()));
                 self.phase = Phase::Ready {
                     sandbox,
+                    upstream: upstream.clone(),
                     slot,
                     watch,
                 };
@@ -597,7 +600,7 @@ impl Actor {
                 for waiter in self.waiters.drain(..) {
                     let lease = Lease::new(self.handle.shared.clone());
                     let _ = waiter.send(Ok(Ready {
-                        address,
+                        upstream: upstream.clone(),
                         lease,
                         phases: Some(phases),
                     }));
@@ -635,6 +638,7 @@ impl Actor {
     async fn begin_stop(&mut self, cause: StopCause, evict_reply: Option<oneshot::Sender<bool>>) {
         let Phase::Ready {
             sandbox,
+            upstream,
             slot,
             watch,
         } = std::mem::replace(&mut self.phase, Phase::Asleep)
@@ -651,6 +655,7 @@ impl Actor {
             cause,
             exit: None,
             evict_reply,
+            upstream,
         };
         tokio::spawn(finish_stop(
             self.ctx.clone(),
@@ -690,6 +695,7 @@ impl Actor {
         }
         let Phase::Ready {
             sandbox,
+            upstream,
             slot,
             watch,
         } = std::mem::replace(&mut self.phase, Phase::Stopping(generation))
@@ -708,6 +714,7 @@ impl Actor {
             cause: StopCause::Crash,
             exit: Some(exit),
             evict_reply: None,
+            upstream,
         };
         tokio::spawn(finish_stop(
             self.ctx.clone(),
@@ -768,6 +775,8 @@ struct Ending {
     /// Set when it ended by itself; otherwise it is stopped here.
     exit: Option<Exit>,
     evict_reply: Option<oneshot::Sender<bool>>,
+    /// Its name, retired once the process is gone.
+    upstream: Upstream,
 }
 
 /// The end of a sandbox's life, off the actor: stop the watch, stop the process,
@@ -797,6 +806,7 @@ async fn finish_stop(
             }
         },
     };
+    ctx.upstreams.remove(&ending.upstream);
     drop(slot);
     if let Some(reply) = ending.evict_reply {
         let _ = reply.send(true);
@@ -863,7 +873,10 @@ async fn start_sandbox(
         .map_err(|e| failed(e.to_string()))?;
     let t3 = Instant::now();
     let deadline = t3 + ctx.config.runtime.start_timeout.0;
-    if let Err(e) = probe::wait_ready(&ctx.client, &sandbox, "/healthz", deadline).await {
+    let upstream = ctx.upstreams.insert(generation, sandbox.endpoint.clone());
+    if let Err(e) = probe::wait_ready(&ctx.client, &sandbox, &upstream, "/healthz", deadline).await
+    {
+        ctx.upstreams.remove(&upstream);
         if let Err(stop) = ctx.runtime.stop(&sandbox, Duration::ZERO).await {
             tracing::error!(tenant = %spec.tenant, error = %stop, "cannot stop a sandbox that failed to start");
         }
@@ -877,6 +890,7 @@ async fn start_sandbox(
     };
     Ok(Started {
         sandbox,
+        upstream,
         slot,
         phases,
     })

@@ -14,9 +14,11 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use warren_core::TenantId;
 
+pub mod netns;
 pub mod process;
 
-pub use process::ProcessRuntime;
+pub use netns::{Connector, Endpoint};
+pub use process::{Isolation, ProcessRuntime};
 
 /// What to run for one tenant.
 #[derive(Debug, Clone)]
@@ -54,8 +56,10 @@ impl std::fmt::Display for Exit {
 pub struct Sandbox {
     pub tenant: TenantId,
     pub generation: u64,
-    /// Where the agent listens (reachable from the gateway only).
+    /// Where the agent listens, as the agent sees it.
     pub address: SocketAddr,
+    /// How the gateway reaches it (possibly inside the sandbox's network namespace).
+    pub endpoint: Endpoint,
     pub pid: u32,
     /// The process start time in clock ticks since boot, to tell this process from a
     /// later one that reused its pid.
@@ -116,4 +120,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Lets a frozen sandbox run again.
     fn thaw(&self, sandbox: &Sandbox);
+
+    /// Opens connections to sandboxes' endpoints.
+    fn connector(&self) -> &Connector;
 }

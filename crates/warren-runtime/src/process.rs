@@ -1,17 +1,27 @@
 //! The process runtime: each sandbox is a process group on this machine, started
-//! detached (`setpgid`, output to `<tenant dir>/agent.log`, stdin closed) with a clean
-//! environment that holds only what the spec names. Issue 4 adds namespaces and cgroup
-//! limits; the layout below is already the one they will use.
+//! detached (its own process group, output to `<tenant dir>/agent.log`, stdin closed)
+//! with a clean environment that holds only what the spec names.
+//!
+//! With `Isolation::Namespaces` (the default) the agent runs under bubblewrap, as an
+//! unprivileged user (`sandbox_uid`, no capabilities), in its own user, mount, PID,
+//! IPC, UTS, cgroup and network namespaces: it sees the system read-only, its own
+//! workspace read-write (also its `HOME`), its own empty `/tmp`, `/root`, `/home` and
+//! `/run`, none of the data dir (other tenants, the state database, the secrets), and
+//! only its own loopback, where it listens on `agent_port`; the gateway connects into
+//! that namespace (`netns`). With `Isolation::None` the agent is a plain process on a
+//! free host port (for development on machines without user namespaces).
 //!
 //! ```text
 //! <data_dir>/tenants/<tenant>/workspace/   the agent's working directory and HOME
 //! <data_dir>/tenants/<tenant>/agent.log    the agent's stdout and stderr
 //! ```
 
+use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,16 +32,43 @@ use tokio::sync::watch;
 use warren_core::TenantId;
 use warren_core::layout::Layout;
 
+use crate::netns::Endpoint;
 use crate::{Exit, Runtime, RuntimeError, Sandbox, SandboxSpec};
+
+/// How a process sandbox is isolated.
+#[derive(Debug, Clone)]
+pub enum Isolation {
+    /// A plain process on a free host port.
+    None,
+    /// bubblewrap: namespaces, an unprivileged user, a private loopback.
+    Namespaces {
+        bwrap: PathBuf,
+        uid: u32,
+        agent_port: u16,
+    },
+}
 
 pub struct ProcessRuntime {
     layout: Layout,
+    /// The data dir, absolute, hidden from every sandbox.
+    data_dir: PathBuf,
+    isolation: Isolation,
+    connector: crate::netns::Connector,
 }
 
 impl ProcessRuntime {
+    /// A runtime without isolation (plain processes).
     pub fn new(data_dir: &Path) -> Self {
+        Self::with_isolation(data_dir, Isolation::None)
+    }
+
+    pub fn with_isolation(data_dir: &Path, isolation: Isolation) -> Self {
+        let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
         Self {
-            layout: Layout::new(data_dir),
+            layout: Layout::new(&data_dir),
+            data_dir,
+            isolation,
+            connector: crate::netns::Connector::new(),
         }
     }
 }
@@ -41,6 +78,73 @@ impl ProcessRuntime {
 fn free_loopback_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// bubblewrap's arguments for a sandbox whose workspace is `workspace`.
+fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32) -> Vec<String> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    // --die-with-parent: bubblewrap is the sandbox's supervisor (the gateway is not:
+    // sandboxes outlive it); whatever kills bubblewrap kills the sandbox.
+    let mut args: Vec<String> = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        &uid.to_string(),
+        "--gid",
+        &uid.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(["--ro-bind", "/", "/"].map(String::from));
+    for private in ["/tmp", "/root", "/home", "/run"] {
+        args.extend(["--tmpfs".into(), private.into()]);
+    }
+    args.extend(["--tmpfs".into(), path(data_dir)]);
+    args.extend(["--bind".into(), path(workspace), path(workspace)]);
+    args.extend(["--proc", "/proc", "--dev", "/dev", "--chdir"].map(String::from));
+    args.push(path(workspace));
+    args.push("--".into());
+    args
+}
+
+/// Hands the workspace to the sandbox's user (files a restore wrote are root's).
+fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(root)?;
+    if meta.uid() != uid || meta.gid() != uid {
+        std::os::unix::fs::lchown(root, Some(uid), Some(uid))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(root)? {
+            chown_tree(&entry?.path(), uid)?;
+        }
+    }
+    Ok(())
+}
+
+/// The process that bubblewrap started inside the new namespaces: its child.
+async fn namespaced_child(
+    pid: u32,
+    exited: &watch::Receiver<Option<Exit>>,
+) -> Result<u32, RuntimeError> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(child) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        {
+            return Ok(child);
+        }
+        if exited.borrow().is_some() || tokio::time::Instant::now() > deadline {
+            return Err(RuntimeError::Spawn(std::io::Error::other(
+                "bubblewrap did not start the sandbox (see the tenant's agent.log)",
+            )));
+        }
+        tokio::task::yield_now().await;
+    }
 }
 
 /// The start time of a process in clock ticks since boot: field 22 of
@@ -66,33 +170,48 @@ impl Runtime for ProcessRuntime {
             .command
             .split_first()
             .ok_or(RuntimeError::EmptyCommand)?;
-        let dir = self.layout.tenant_dir(&spec.tenant);
         let workspace = self.layout.workspace(&spec.tenant);
-        let prepare = |path: &Path| RuntimeError::Workspace {
-            path: path.to_owned(),
-            source: std::io::Error::last_os_error(),
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| RuntimeError::Workspace { path, source }
         };
-        std::fs::create_dir_all(&workspace).map_err(|source| RuntimeError::Workspace {
-            path: workspace.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&workspace).map_err(io(&workspace))?;
+        let log_path = self.layout.agent_log(&spec.tenant);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.layout.agent_log(&spec.tenant))
-            .map_err(|_| prepare(&dir))?;
-        let log_err = log.try_clone().map_err(|_| prepare(&dir))?;
+            .open(&log_path)
+            .map_err(io(&log_path))?;
+        let log_err = log.try_clone().map_err(io(&log_path))?;
 
-        let address = SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            free_loopback_port().map_err(RuntimeError::Spawn)?,
-        ));
-        let mut cmd = Command::new(program);
+        let (mut cmd, address) = match &self.isolation {
+            Isolation::None => {
+                let port = free_loopback_port().map_err(RuntimeError::Spawn)?;
+                (
+                    Command::new(program),
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                )
+            }
+            Isolation::Namespaces {
+                bwrap,
+                uid,
+                agent_port,
+            } => {
+                chown_tree(&workspace, *uid).map_err(io(&workspace))?;
+                let mut cmd = Command::new(bwrap);
+                cmd.args(bwrap_args(&self.data_dir, &workspace, *uid))
+                    .arg(program)
+                    .uid(*uid)
+                    .gid(*uid);
+                (cmd, SocketAddr::from((Ipv4Addr::LOCALHOST, *agent_port)))
+            }
+        };
         cmd.args(args)
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &workspace)
+            .env("TMPDIR", "/tmp")
             .env("WARREN_TENANT_ID", spec.tenant.as_str())
             .env("WARREN_WORKSPACE", &workspace)
             .env("WARREN_AGENT_ADDR", address.to_string())
@@ -121,10 +240,30 @@ impl Runtime for ProcessRuntime {
             tx.send_replace(Some(exit));
         });
 
+        let netns = match self.isolation {
+            Isolation::None => None,
+            Isolation::Namespaces { .. } => {
+                let inner = match namespaced_child(pid, &exited).await {
+                    Ok(inner) => inner,
+                    Err(e) => {
+                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        return Err(e);
+                    }
+                };
+                let ns =
+                    File::open(format!("/proc/{inner}/ns/net")).map_err(RuntimeError::Spawn)?;
+                Some(Arc::new(ns))
+            }
+        };
+
         Ok(Sandbox {
             tenant: spec.tenant.clone(),
             generation: spec.generation,
             address,
+            endpoint: Endpoint {
+                addr: address,
+                netns,
+            },
             pid,
             pid_start_ticks,
             workspace,
@@ -155,6 +294,10 @@ impl Runtime for ProcessRuntime {
 
     fn workspace(&self, tenant: &TenantId) -> PathBuf {
         self.layout.workspace(tenant)
+    }
+
+    fn connector(&self) -> &crate::netns::Connector {
+        &self.connector
     }
 
     fn freeze(&self, sandbox: &Sandbox) -> Result<(), RuntimeError> {

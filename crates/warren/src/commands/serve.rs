@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use warren_core::auth::Signer;
-use warren_core::config::{AgentKind, Config, LogFormat, RuntimeKind, StateKind};
+use warren_core::config::{AgentKind, Config, IsolationKind, LogFormat, RuntimeKind, StateKind};
 use warren_gateway::{Context, Gateway, Services};
-use warren_runtime::{ProcessRuntime, Runtime};
+use warren_runtime::{Isolation, ProcessRuntime, Runtime};
 use warren_state::{SqliteStore, StateStore};
 
 use crate::settings::{ConfigArgs, admin_token, signing_secret, sync_engine, writer_id};
@@ -35,6 +35,26 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// The process runtime's isolation, checking that bubblewrap is there when needed.
+fn isolation(config: &Config) -> anyhow::Result<Isolation> {
+    let r = &config.runtime;
+    match r.isolation {
+        IsolationKind::None => Ok(Isolation::None),
+        IsolationKind::Namespaces => {
+            let bwrap = ["/usr/bin/bwrap", "/usr/local/bin/bwrap"]
+                .into_iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.exists())
+                .context("runtime.isolation = \"namespaces\" needs bubblewrap: `apt-get install bubblewrap` (or set runtime.isolation = \"none\")")?;
+            Ok(Isolation::Namespaces {
+                bwrap,
+                uid: r.sandbox_uid,
+                agent_port: r.agent_port,
+            })
+        }
+    }
+}
+
 /// The agent command each sandbox runs.
 fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
     match config.agent.kind {
@@ -45,6 +65,7 @@ fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
                 "echo-agent".into(),
             ])
         }
+        AgentKind::Command => Ok(config.agent.command.clone()),
     }
 }
 
@@ -87,7 +108,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         StateKind::Sqlite => Arc::new(SqliteStore::open(&config.state_path())?),
     };
     let runtime: Arc<dyn Runtime> = match config.runtime.kind {
-        RuntimeKind::Process => Arc::new(ProcessRuntime::new(&config.data_dir)),
+        RuntimeKind::Process => Arc::new(ProcessRuntime::with_isolation(
+            &config.data_dir,
+            isolation(&config)?,
+        )),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
