@@ -2,7 +2,9 @@
 //!
 //! It measures the numbers DESIGN.md sets goals for, on this machine, against real
 //! processes on 127.0.0.1: the cold start of sleeping tenants, phase by phase, and the
-//! proxy's latency and throughput side by side with nginx in front of the same agent.
+//! proxy's latency and throughput side by side with nginx in front of the same agent,
+//! and the store: bytes and time for a small change next to rsync and restic, the RPO
+//! under a steady writer, a sweep of many tenants, and a full restore.
 //! It starts every process itself and stops each of them however it ends; it prints a
 //! markdown report on stdout and its progress on stderr.
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use clap::{Parser, ValueEnum};
 
+mod anchors;
 mod client;
 mod cold_start;
 mod launch;
@@ -19,11 +22,13 @@ mod load;
 mod nginx;
 mod proxy;
 mod report;
+mod rpo;
+mod store;
 
 #[derive(Parser)]
 #[command(
     name = "warren-bench",
-    about = "Benchmark warren: cold starts, and its proxy next to nginx"
+    about = "Benchmark warren: cold starts, its proxy next to nginx, its store next to rsync and restic"
 )]
 struct Args {
     /// The warren binary (a release build).
@@ -59,6 +64,27 @@ struct Args {
     /// Bytes in each request body and WebSocket message.
     #[arg(long, default_value_t = 64)]
     body_bytes: usize,
+    /// The rsync binary (an anchor of the store run).
+    #[arg(long, default_value = "rsync")]
+    rsync: PathBuf,
+    /// The restic binary (an anchor of the store run).
+    #[arg(long, default_value = "restic")]
+    restic: PathBuf,
+    /// Files in the store run's workspace.
+    #[arg(long, default_value_t = 2000)]
+    workspace_files: usize,
+    /// Bytes in each of them (random).
+    #[arg(long, default_value_t = 25_600)]
+    workspace_file_bytes: usize,
+    /// Rounds of the 4 KB change (in each workspace shape).
+    #[arg(long, default_value_t = 10)]
+    change_rounds: usize,
+    /// Tenants of the sweep run.
+    #[arg(long, default_value_t = 1000)]
+    sweep_tenants: usize,
+    /// Messages of the RPO run, one every 100 ms.
+    #[arg(long, default_value_t = 100)]
+    rpo_messages: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +92,7 @@ enum Only {
     All,
     ColdStart,
     Proxy,
+    Store,
 }
 
 fn main() -> std::process::ExitCode {
@@ -93,7 +120,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.warren.display()
     );
     ensure!(
-        args.users > 0 && args.rounds > 0 && args.requests > 0 && args.connections > 0,
+        args.users > 0
+            && args.rounds > 0
+            && args.requests > 0
+            && args.connections > 0
+            && args.change_rounds > 0
+            && args.sweep_tenants > 0
+            && args.rpo_messages > 0,
         "counts must be positive"
     );
     let warren = std::fs::canonicalize(&args.warren)?;
@@ -104,7 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let command: Vec<String> = std::env::args().collect();
     report::machine(&command.join(" "), &warren, &args.nginx);
 
-    if args.only != Only::Proxy {
+    if matches!(args.only, Only::All | Only::ColdStart) {
         eprintln!("cold start: {} users...", args.users);
         let limit = args.users + 8;
         let run = cold_start::run(&warren, &dir.join("cold"), limit, 0, args.users)
@@ -133,7 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    if args.only != Only::ColdStart {
+    if matches!(args.only, Only::All | Only::Proxy) {
         eprintln!("proxy: direct, warren and nginx...");
         let settings = proxy::Settings {
             rounds: args.rounds,
@@ -146,6 +179,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("proxy overhead")?;
         report::proxy(&run, &settings);
+    }
+
+    if matches!(args.only, Only::All | Only::Store) {
+        let settings = store::Settings {
+            workspace: store::Shape {
+                files: args.workspace_files,
+                file_bytes: args.workspace_file_bytes,
+                dirs: 20,
+            },
+            rounds: args.change_rounds,
+            sweep_tenants: args.sweep_tenants,
+        };
+        let run = store::run(&args.rsync, &args.restic, &dir.join("store"), &settings)
+            .await
+            .context("store")?;
+        report::store(&run, &settings);
+
+        eprintln!(
+            "store: RPO, {} messages, one every 100 ms...",
+            args.rpo_messages
+        );
+        let run = rpo::run(
+            &warren,
+            &dir.join("rpo"),
+            args.rpo_messages,
+            Duration::from_millis(100),
+        )
+        .await
+        .context("RPO")?;
+        report::rpo(&run);
     }
     Ok(())
 }

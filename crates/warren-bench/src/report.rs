@@ -8,6 +8,8 @@ use crate::cold_start::ColdStart;
 use crate::launch::GatewayStopped;
 use crate::load::Samples;
 use crate::proxy::{ProxyRun, Settings, TARGETS};
+use crate::rpo::Rpo;
+use crate::store::{self, ChangeRun, StoreRun};
 
 /// The cold-start goals of DESIGN.md ("Numbers to beat").
 const COLD_P50_GOAL: Duration = Duration::from_millis(50);
@@ -239,6 +241,207 @@ pub fn proxy(run: &ProxyRun, s: &Settings) {
                 w / n
             );
         }
+    }
+    stopped(&run.stopped);
+    println!();
+}
+
+/// The store goals of DESIGN.md ("Numbers to beat").
+const CHANGE_GOAL_BYTES: u64 = 64 * 1024;
+const RPO_GOAL: Duration = Duration::from_secs(1);
+
+/// The median and the largest of some values.
+fn median_max<T: Copy + Ord>(values: impl Iterator<Item = T>) -> Option<(T, T)> {
+    let mut v: Vec<T> = values.collect();
+    v.sort_unstable();
+    Some((*v.get((v.len().max(1) - 1) / 2)?, *v.last()?))
+}
+
+fn mb_per_s(bytes: u64, time: Duration) -> String {
+    format!(
+        "{:.1}",
+        bytes as f64 / 1e6 / time.as_secs_f64().max(f64::MIN_POSITIVE)
+    )
+}
+
+pub fn store(run: &StoreRun, s: &store::Settings) {
+    println!("## Store: a 4 KB change in a large workspace\n");
+    let versions: Vec<String> = run
+        .versions
+        .iter()
+        .map(|(tool, v)| format!("{tool}: `{v}`"))
+        .collect();
+    println!(
+        "Workspaces of random bytes on {}. Each tool first copies the workspace whole; \
+         then, {} times, {} bytes of one file are overwritten and each tool catches up: \
+         warren's sync engine (the library, no sandbox to freeze) into a local-directory \
+         store, rsync into a local directory, restic into a local repository. Same tree, \
+         same change, same run. {}.\n",
+        run.filesystem,
+        s.rounds,
+        store::CHANGE_BYTES,
+        versions.join(", ")
+    );
+    for change in &run.changes {
+        change_table(change, s.rounds);
+    }
+    println!("## Store: full restore of the large workspace\n");
+    println!(
+        "{}: `SyncEngine::prepare` of the tenant on an empty data dir (list, read the \
+         newest snapshot, fetch and check every chunk, write the files, swap the directory \
+         in), after a first sync of the workspace to that store. Upload concurrency and \
+         retention on their defaults. MB = 10^6 bytes.\n",
+        s.workspace.describe()
+    );
+    println!(
+        "| store | restored | restore (ms) | restore (MB/s) | first sync (ms) | first sync (MB/s) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &run.restores {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.store,
+            store::human(r.bytes),
+            ms(r.time),
+            mb_per_s(r.bytes, r.time),
+            ms(r.upload),
+            mb_per_s(r.bytes, r.upload)
+        );
+    }
+    println!();
+
+    let w = &run.sweep;
+    println!("## Store: a sweep of {} tenants\n", w.tenants);
+    println!(
+        "{} tenants, each a workspace of 3 small files (20.5 KiB) on this machine, in a \
+         local-directory store; `SyncEngine::sweep` with the default concurrency ({}) and \
+         retention (applied to each tenant after its sync). The first sweep makes every \
+         tenant's first snapshot; then 256 bytes are appended to one file of each, and \
+         the second sweep is the one that counts.\n",
+        w.tenants, w.concurrency
+    );
+    println!("| sweep | snapshots | uploaded | time (ms) | tenants/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, (time, report)) in [
+        ("first (every tenant new)", &w.first),
+        ("**one change in each tenant**", &w.changed),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {:.0} |",
+            report.snapshots_created,
+            store::human(report.bytes_uploaded),
+            ms(*time),
+            report.tenants as f64 / time.as_secs_f64().max(f64::MIN_POSITIVE)
+        );
+    }
+    println!();
+}
+
+fn change_table(run: &ChangeRun, rounds: usize) {
+    let what = if run.shape.files == 1 {
+        "1 MiB further on each round"
+    } else {
+        "in the middle of a different file each round"
+    };
+    println!("### {}, 4 KB changed {what}\n", run.shape.describe());
+    println!(
+        "| tool | bytes counted | for the change: median | max | time median (ms) | \
+         time max (ms) | last round |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---|");
+    for c in &run.contenders {
+        let (Some((bytes, bytes_max)), Some((time, time_max))) = (
+            median_max(c.changes.iter().map(|t| t.bytes)),
+            median_max(c.changes.iter().map(|t| t.time)),
+        ) else {
+            continue;
+        };
+        let note = c.changes.last().map_or("", |t| t.note.as_str());
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {note} |",
+            c.name,
+            c.figure,
+            store::human(bytes),
+            store::human(bytes_max),
+            ms(time),
+            ms(time_max)
+        );
+    }
+    println!();
+    if let Some((_, worst)) = run
+        .contenders
+        .first()
+        .and_then(|w| median_max(w.changes.iter().map(|t| t.bytes)))
+    {
+        let verdict = if worst <= CHANGE_GOAL_BYTES {
+            "met"
+        } else {
+            "NOT met"
+        };
+        println!(
+            "- goal (DESIGN.md): ≤ 64 KiB uploaded for a 4 KB change: {verdict} (warren, worst \
+             of {rounds} rounds: {})\n",
+            store::human(worst)
+        );
+    }
+    println!("The first, full copy, for context:\n");
+    println!("| tool | bytes counted | time (ms) | notes |");
+    println!("|---|---:|---:|---|");
+    for c in &run.contenders {
+        println!(
+            "| {} | {} | {} | {} |",
+            c.name,
+            store::human(c.initial.bytes),
+            ms(c.initial.time),
+            c.initial.note
+        );
+    }
+    println!();
+}
+
+pub fn rpo(run: &Rpo) {
+    println!("## Store: RPO under a steady writer\n");
+    println!(
+        "A real gateway (local-directory store, `[sync]` on its defaults: debounce 200 ms, \
+         max_delay 500 ms) and one user whose echo agent gets a WebSocket message every {} ms, \
+         {} messages. The agent appends each message to its history file before echoing \
+         it, so an echo is an acknowledged write. Afterwards every snapshot is read from \
+         the store, history file included, so it is known exactly which messages each \
+         holds. RPO of a message = `created_ms` of the first snapshot holding it (records \
+         are written after their chunks) − the wall-clock time the client read its echo. \
+         Same machine, same clock.\n",
+        run.interval.as_millis(),
+        run.messages
+    );
+    let d = &run.delays;
+    println!(
+        "| messages | snapshots while writing | RPO p50 (ms) | p99 (ms) | max (ms) | mean (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} |\n",
+        run.messages,
+        run.snapshots,
+        ms(d.percentile(0.5)),
+        ms(d.percentile(0.99)),
+        ms(d.percentile(1.0)),
+        ms(d.mean())
+    );
+    let verdict = |v: Duration| if v <= RPO_GOAL { "met" } else { "NOT met" };
+    let (p99, max) = (d.percentile(0.99), d.percentile(1.0));
+    println!(
+        "- goal (DESIGN.md): RPO ≤ 1 s: p99 {} ({} ms); every message {} (worst {} ms)",
+        verdict(p99),
+        ms(p99),
+        verdict(max),
+        ms(max)
+    );
+    if run.before_ack > 0 {
+        println!(
+            "- {} messages were in a snapshot created before the client read their echo \
+             (counted as 0 ms)",
+            run.before_ack
+        );
     }
     stopped(&run.stopped);
     println!();
