@@ -130,6 +130,10 @@ pub struct RuntimeConfig {
     pub sandbox_uid: u32,
     /// The port agents listen on inside their own loopback.
     pub agent_port: u16,
+    /// Host paths every sandbox sees read-only even inside its private `/tmp`, `/root`,
+    /// `/home` and `/run` (an agent installed there, say). The agent's program is
+    /// always visible.
+    pub ro_paths: Vec<PathBuf>,
     /// How long an agent may take to answer its readiness probe.
     pub start_timeout: ConfigDuration,
     /// How long a stopping agent gets between SIGTERM and SIGKILL.
@@ -143,6 +147,7 @@ impl Default for RuntimeConfig {
             isolation: IsolationKind::Namespaces,
             sandbox_uid: 65534,
             agent_port: 8787,
+            ro_paths: Vec::new(),
             start_timeout: ConfigDuration(Duration::from_secs(60)),
             stop_grace: ConfigDuration(Duration::from_secs(5)),
         }

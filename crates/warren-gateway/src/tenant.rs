@@ -460,7 +460,7 @@ impl Actor {
                     Phase::Starting(_) => self.hold_waiters.push(reply),
                 },
                 Command::Released => {
-                    self.holds -= 1;
+                    self.holds = self.holds.saturating_sub(1);
                     if self.holds == 0
                         && !self.waiters.is_empty()
                         && matches!(self.phase, Phase::Asleep)
@@ -477,15 +477,11 @@ impl Actor {
 
     fn grant_hold(&mut self, reply: oneshot::Sender<Result<HoldGuard, ApiError>>) {
         self.holds += 1;
-        if reply
-            .send(Ok(HoldGuard {
-                tx: self.handle.tx.clone(),
-            }))
-            .is_err()
-        {
-            // The caller went away; its guard was dropped unsent, so release here.
-            self.holds -= 1;
-        }
+        // If the caller went away, the unsent guard is dropped here and its `Drop`
+        // sends `Released`, which gives the hold back.
+        let _ = reply.send(Ok(HoldGuard {
+            tx: self.handle.tx.clone(),
+        }));
     }
 
     /// When to look at idleness next; `None` while not ready or kept warm.

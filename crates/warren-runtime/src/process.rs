@@ -41,10 +41,13 @@ pub enum Isolation {
     /// A plain process on a free host port.
     None,
     /// bubblewrap: namespaces, an unprivileged user, a private loopback.
-    Namespaces {
+        Namespaces {
         bwrap: PathBuf,
         uid: u32,
         agent_port: u16,
+        /// Host paths every sandbox sees read-only even where a private directory
+        /// (`/tmp`, `/root`, `/home`, `/run`) hides them; the agent's program is added.
+        ro_paths: Vec<PathBuf>,
     },
 }
 
@@ -81,7 +84,7 @@ fn free_loopback_port() -> std::io::Result<u16> {
 }
 
 /// bubblewrap's arguments for a sandbox whose workspace is `workspace`.
-fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32) -> Vec<String> {
+fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32, ro_paths: &[PathBuf]) -> Vec<String> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     // --die-with-parent: bubblewrap is the sandbox's supervisor (the gateway is not:
     // sandboxes outlive it); whatever kills bubblewrap kills the sandbox.
@@ -102,6 +105,9 @@ fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32) -> Vec<String> {
         args.extend(["--tmpfs".into(), private.into()]);
     }
     args.extend(["--tmpfs".into(), path(data_dir)]);
+    for p in ro_paths.iter().filter(|p| p.exists()) {
+        args.extend(["--ro-bind".into(), path(p), path(p)]);
+    }
     args.extend(["--bind".into(), path(workspace), path(workspace)]);
     args.extend(["--proc", "/proc", "--dev", "/dev", "--chdir"].map(String::from));
     args.push(path(workspace));
@@ -192,14 +198,17 @@ impl Runtime for ProcessRuntime {
                     SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
                 )
             }
-            Isolation::Namespaces {
+                        Isolation::Namespaces {
                 bwrap,
                 uid,
                 agent_port,
+                ro_paths,
             } => {
                 chown_tree(&workspace, *uid).map_err(io(&workspace))?;
+                let mut visible = ro_paths.clone();
+                visible.extend(Some(PathBuf::from(program)).filter(|p| p.is_absolute()));
                 let mut cmd = Command::new(bwrap);
-                cmd.args(bwrap_args(&self.data_dir, &workspace, *uid))
+                cmd.args(bwrap_args(&self.data_dir, &workspace, *uid, &visible))
                     .arg(program)
                     .uid(*uid)
                     .gid(*uid);

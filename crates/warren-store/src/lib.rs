@@ -47,8 +47,15 @@ pub enum StoreError {
     NotFound(String),
     #[error("snapshot {seq} was added by another writer first")]
     Conflict { seq: u64 },
-    #[error("gave up on {tenant} after {tries} conflicting writers")]
-    Contended { tenant: String, tries: usize },
+    #[error(
+        "the store's snapshot {head} of {tenant} is newer than the {} this copy matches: another writer is active or this copy is stale; the copy stays local",
+        local.map_or("none".to_owned(), |s| format!("snapshot {s}"))
+    )]
+    Diverged {
+        tenant: String,
+        local: Option<u64>,
+        head: u64,
+    },
     #[error("corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]

@@ -65,13 +65,18 @@ pub async fn materialize(
                         e => e,
                     })?;
                 std::fs::write(&path, pieces.concat())?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode))?;
+                // Times first, through the handle still writable; then the mode (never
+                // set-id bits from a manifest), which may make the file read-only.
                 let mtime =
                     SystemTime::UNIX_EPOCH + Duration::from_nanos(entry.mtime_ns.max(0) as u64);
                 std::fs::File::options()
                     .write(true)
                     .open(&path)?
                     .set_modified(mtime)?;
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(entry.mode & 0o777),
+                )?;
             }
         }
     }
@@ -79,7 +84,7 @@ pub async fn materialize(
     for entry in manifest.entries.iter().filter(|e| e.kind == Kind::Dir) {
         std::fs::set_permissions(
             dest.join(&entry.path),
-            std::fs::Permissions::from_mode(entry.mode),
+            std::fs::Permissions::from_mode(entry.mode & 0o1777),
         )?;
     }
     Ok(manifest)

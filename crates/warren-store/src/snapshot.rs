@@ -3,12 +3,10 @@
 //!
 //! A record names its manifest's chunks, and the manifest names the files' chunks; all
 //! of them are uploaded before the record is created, so a record in the store never
-//! names a chunk that is not there (invariant 3). The record's sequence number is taken
-//! with create-if-absent: a writer that loses the race re-reads the head, uploads what
-//! the new head lacks, and adds its own snapshot after it, so both are kept.
-//!
-//! Chunks are skipped only if the head snapshot (which retention never deletes) holds
-//! them; if the head changed, the conflict makes the writer look again.
+//! names a chunk that is not there (invariant 3). Chunks are skipped only if the head
+//! snapshot holds them (the head is complete, and retention never deletes it). The
+//! record's sequence number is taken with create-if-absent, so of two writers only one
+//! adds the next snapshot; the other is told (`Diverged`) and keeps its copy locally.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,9 +22,6 @@ use crate::local::LocalState;
 use crate::manifest::Manifest;
 use crate::store::Store;
 use crate::{Freeze, StoreError, unix_ms};
-
-/// How many times a writer retries after losing the race for a sequence number.
-const MAX_CONFLICTS: usize = 8;
 
 /// The record of one snapshot: small, immutable, written last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +51,6 @@ pub struct SyncReport {
     /// How long the sandbox was frozen.
     pub frozen_ms: u64,
     pub elapsed_ms: u64,
-    /// Other writers' snapshots this one had to go after.
-    pub conflicts: u64,
 }
 
 /// Every chunk a snapshot needs: its files' and its manifest's.
@@ -86,8 +79,36 @@ pub async fn read_manifest(
     Ok(manifest)
 }
 
-/// Captures `workspace` and, if it changed, adds a snapshot. The caller holds the
-/// tenant's sync lock.
+/// Thaws a frozen sandbox when dropped, so no early return or cancellation can leave
+/// it stopped.
+struct Frozen<'a>(Option<&'a dyn Freeze>);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            f.thaw();
+        }
+    }
+}
+
+/// Runs a blocking freeze without stalling the runtime's other tasks where it can.
+fn freeze_now(f: &dyn Freeze) -> std::io::Result<()> {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(|| f.freeze())
+        }
+        _ => f.freeze(),
+    }
+}
+
+/// Captures `workspace` and, if it changed, adds a snapshot after the head. The caller
+/// holds the tenant's sync lock.
+///
+/// The copy must match the store's head (the snapshot it was last written to or
+/// restored from): a copy behind the head is stale or has a rival writer, and adding
+/// it would roll the tenant back, so it is refused with `Diverged` and kept locally.
+/// The same holds when another writer takes the next sequence number first. A store
+/// that lost the snapshot this copy matched gets everything uploaded again.
 pub async fn sync_workspace(
     store: &Store,
     tenant: &TenantId,
@@ -99,20 +120,49 @@ pub async fn sync_workspace(
 ) -> Result<SyncReport, StoreError> {
     let started = Instant::now();
     let mut state = LocalState::load(state_path);
+    let head = store.snapshot_seqs(tenant).await?.last().copied();
+    let parent = match (state.seq, head) {
+        (None, None) => None,
+        (Some(mine), Some(head)) if mine == head => Some(store.snapshot(tenant, head).await?),
+        (Some(mine), Some(head)) if mine < head => {
+            return Err(StoreError::Diverged {
+                tenant: tenant.to_string(),
+                local: Some(mine),
+                head,
+            });
+        }
+        (None, Some(head)) => {
+            return Err(StoreError::Diverged {
+                tenant: tenant.to_string(),
+                local: None,
+                head,
+            });
+        }
+        (Some(mine), _) => {
+            tracing::warn!(%tenant, mine, ?head, "the store lost the snapshot this copy matched; uploading it all again");
+            state = LocalState::default();
+            None
+        }
+    };
+    // Everything the parent holds is in the store: the head is complete, and retention
+    // never deletes it.
+    let present = match &parent {
+        Some(record) => chunk_set(record, &state.manifest),
+        None => HashSet::new(),
+    };
 
-    // Capture, frozen. The walk is blocking I/O; the freeze must end whatever happens.
+    // Capture, frozen. The walk is blocking I/O; the guard thaws whatever happens.
     let started_ns = (unix_ms() as i64) * 1_000_000;
     let frozen_at = Instant::now();
+    let guard = Frozen(freeze);
     if let Some(f) = freeze {
-        f.freeze().map_err(|e| StoreError::Freeze(e.to_string()))?;
+        freeze_now(f).map_err(|e| StoreError::Freeze(e.to_string()))?;
     }
     let captured = {
         let (workspace, known) = (workspace.to_owned(), state.clone());
         tokio::task::spawn_blocking(move || capture(&workspace, &known, started_ns)).await
     };
-    if let Some(f) = freeze {
-        f.thaw();
-    }
+    drop(guard);
     let frozen_ms = frozen_at.elapsed().as_millis() as u64;
     let captured = captured.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
 
@@ -158,102 +208,63 @@ pub async fn sync_workspace(
         .into_iter()
         .map(|r| chunk::seal(&manifest_bytes[r]))
         .collect::<std::io::Result<Vec<_>>>()?;
-    fresh.extend(manifest_chunks.iter().map(|s| Sealed {
-        chunk: s.chunk,
-        compressed: s.compressed.clone(),
-    }));
-
-    // The head this copy descends from, if the store still has it.
-    let mut parent = match state.seq {
-        Some(seq) => match store.snapshot(tenant, seq).await {
-            Ok(record) => Some((record, state.manifest.clone())),
-            Err(StoreError::NotFound(_)) => None,
-            Err(e) => return Err(e),
-        },
-        None => None,
+    let needed: Vec<&Sealed> = {
+        let mut seen = HashSet::new();
+        fresh
+            .iter()
+            .chain(&manifest_chunks)
+            .filter(|s| !present.contains(&s.chunk.id) && seen.insert(s.chunk.id))
+            .collect()
     };
-    let mut uploaded: HashSet<chunk::ChunkId> = HashSet::new();
-    for _ in 0..MAX_CONFLICTS {
-        let present = parent
-            .as_ref()
-            .map(|(r, m)| chunk_set(r, m))
-            .unwrap_or_default();
-        let needed: Vec<&Sealed> = {
-            let mut seen = HashSet::new();
-            fresh
-                .iter()
-                .filter(|s| {
-                    !present.contains(&s.chunk.id)
-                        && !uploaded.contains(&s.chunk.id)
-                        && seen.insert(s.chunk.id)
-                })
-                .collect()
-        };
-        let uploads = needed.iter().map(|s| {
+    let uploads: Vec<_> = needed
+        .iter()
+        .map(|s| {
             let (store, tenant) = (store.clone(), tenant.clone());
             let sealed = Sealed {
                 chunk: s.chunk,
                 compressed: s.compressed.clone(),
             };
             async move { store.put_chunk(&tenant, &sealed).await }
-        });
+        })
         // Collected first: a lazy iterator of futures held across an await trips the
         // compiler's Send check (rust-lang/rust#102211).
-        let uploads: Vec<_> = uploads.collect();
-        futures_util::stream::iter(uploads)
-            .buffer_unordered(upload_concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
-        for s in &needed {
-            uploaded.insert(s.chunk.id);
-            report.chunks_uploaded += 1;
-            report.bytes_uploaded += s.compressed.len() as u64;
-        }
+        .collect();
+    futures_util::stream::iter(uploads)
+        .buffer_unordered(upload_concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    report.chunks_uploaded = needed.len() as u64;
+    report.bytes_uploaded = needed.iter().map(|s| s.compressed.len() as u64).sum();
 
-        let parent_seq = match &parent {
-            Some((r, _)) => Some(r.seq),
-            None => store.snapshot_seqs(tenant).await?.last().copied(),
-        };
-        let record = SnapshotRecord {
-            seq: parent_seq.map_or(1, |s| s + 1),
-            parent: parent_seq,
-            created_ms: unix_ms(),
-            writer: writer.to_owned(),
-            files: manifest.files(),
-            bytes: manifest.bytes(),
-            manifest: manifest_chunks.iter().map(|s| s.chunk).collect(),
-        };
-        match store.create_snapshot(tenant, &record).await {
-            Ok(()) => {
-                report.seq = Some(record.seq);
-                report.created = true;
-                LocalState {
-                    seq: Some(record.seq),
-                    manifest,
-                    stats,
-                }
-                .save(state_path)?;
-                report.elapsed_ms = started.elapsed().as_millis() as u64;
-                return Ok(report);
-            }
-            Err(StoreError::Conflict { seq }) => {
-                // Another writer added `seq` first. Build on the real head.
-                report.conflicts += 1;
-                tracing::warn!(%tenant, seq, writer, "another writer added this snapshot first; retrying after it");
-                let head = *store
-                    .snapshot_seqs(tenant)
-                    .await?
-                    .last()
-                    .ok_or(StoreError::NotFound(format!("head of {tenant}")))?;
-                let record = store.snapshot(tenant, head).await?;
-                let m = read_manifest(store, tenant, &record).await?;
-                parent = Some((record, m));
-            }
-            Err(e) => return Err(e),
+    let record = SnapshotRecord {
+        seq: head.map_or(1, |h| h + 1),
+        parent: head,
+        created_ms: unix_ms(),
+        writer: writer.to_owned(),
+        files: manifest.files(),
+        bytes: manifest.bytes(),
+        manifest: manifest_chunks.iter().map(|s| s.chunk).collect(),
+    };
+    match store.create_snapshot(tenant, &record).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict { seq }) => {
+            tracing::warn!(%tenant, seq, writer, "another writer added this snapshot first; this copy stays local");
+            return Err(StoreError::Diverged {
+                tenant: tenant.to_string(),
+                local: head,
+                head: seq,
+            });
         }
+        Err(e) => return Err(e),
     }
-    Err(StoreError::Contended {
-        tenant: tenant.to_string(),
-        tries: MAX_CONFLICTS,
-    })
+    report.seq = Some(record.seq);
+    report.created = true;
+    LocalState {
+        seq: Some(record.seq),
+        manifest,
+        stats,
+    }
+    .save(state_path)?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
 }

@@ -217,31 +217,54 @@ async fn two_writers_never_overwrite_each_others_snapshots() {
         write_files(&a.workspace(&t), &[("from-a", b"a0")]);
         a.engine.sync(&t, None).await.unwrap();
         b.engine.prepare(&t).await.unwrap();
-        // Both now believe snapshot 1 is the head, and both write.
+        // Both now believe snapshot 1 is the head, and both write at once.
         write_files(&a.workspace(&t), &[("from-a", b"a1")]);
         write_files(&b.workspace(&t), &[("from-b", b"b1")]);
         let (ra, rb) = tokio::join!(a.engine.sync(&t, None), b.engine.sync(&t, None));
-        let (ra, rb) = (ra.unwrap(), rb.unwrap());
-        let mut seqs = vec![ra.seq.unwrap(), rb.seq.unwrap()];
-        seqs.sort();
-        assert_eq!(
-            seqs,
-            [2, 3],
-            "{}: each writer got its own snapshot",
+        let (won, lost) = match (ra, rb) {
+            (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+            (ra, rb) => panic!(
+                "{}: exactly one writer must win: {ra:?} {rb:?}",
+                backend.name()
+            ),
+        };
+        assert_eq!(won.seq, Some(2), "{}", backend.name());
+        assert!(
+            matches!(lost, StoreError::Diverged { head: 2, .. }),
+            "{}: {lost}",
             backend.name()
         );
         assert_eq!(
-            ra.conflicts + rb.conflicts,
-            1,
-            "{}: the loser noticed",
+            a.engine.store().snapshot_seqs(&t).await.unwrap(),
+            [1, 2],
+            "{}",
             backend.name()
         );
-        let records = a.engine.snapshots(&t).await.unwrap();
-        let writers: Vec<_> = records.iter().map(|r| r.writer.as_str()).collect();
-        assert!(writers.contains(&"stale-gateway") && writers.contains(&"new-gateway"));
-        for record in &records {
+        // The loser's copy is untouched, and it keeps refusing rather than rolling back.
+        assert_eq!(
+            std::fs::read(a.workspace(&t).join("from-a")).unwrap(),
+            b"a1"
+        );
+        assert_eq!(
+            std::fs::read(b.workspace(&t).join("from-b")).unwrap(),
+            b"b1"
+        );
+        let again = (a.engine.sync(&t, None).await, b.engine.sync(&t, None).await);
+        assert!(
+            again.0.is_err() != again.1.is_err(),
+            "{}: {again:?}",
+            backend.name()
+        );
+        // A stale copy is refused too, however it got stale.
+        let stale = Machine::new(&backend, "late");
+        write_files(&stale.workspace(&t), &[("x", b"from nowhere")]);
+        assert!(matches!(
+            stale.engine.sync(&t, None).await,
+            Err(StoreError::Diverged { local: None, .. })
+        ));
+        for record in a.engine.snapshots(&t).await.unwrap() {
             let dest = a.dir.path().join(format!("check-{}", record.seq));
-            warren_store::restore::materialize(a.engine.store(), &t, record, &dest, 4)
+            warren_store::restore::materialize(a.engine.store(), &t, &record, &dest, 4)
                 .await
                 .unwrap();
         }

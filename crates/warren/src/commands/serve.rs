@@ -50,6 +50,7 @@ fn isolation(config: &Config) -> anyhow::Result<Isolation> {
                 bwrap,
                 uid: r.sandbox_uid,
                 agent_port: r.agent_port,
+                ro_paths: r.ro_paths.clone(),
             })
         }
     }

@@ -1,0 +1,67 @@
+"""A test agent that reports what it can see and do from inside its sandbox.
+
+It serves GET /healthz, /whoami, /env, /procs, /read?path=, /write?path=, /list?path=
+and /connect?host=&port= on WARREN_AGENT_ADDR, answering JSON. It never raises: every
+attempt's outcome is reported, as "ok" or the exception's class name.
+"""
+import http.server
+import json
+import os
+import socket
+import urllib.parse
+
+
+def attempt(action):
+    try:
+        action()
+        return "ok"
+    except Exception as e:  # the outcome is the answer
+        return type(e).__name__
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def answer(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        url = urllib.parse.urlparse(self.path)
+        q = dict(urllib.parse.parse_qsl(url.query))
+        if url.path == "/healthz":
+            return self.answer({"ok": True})
+        if url.path == "/whoami":
+            return self.answer({"uid": os.getuid(), "gid": os.getgid(), "tenant": os.environ.get("WARREN_TENANT_ID")})
+        if url.path == "/env":
+            return self.answer(dict(os.environ))
+        if url.path == "/procs":
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+            cmds = []
+            for p in pids:
+                try:
+                    cmds.append(open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    pass
+            return self.answer({"pids": pids, "cmdlines": cmds})
+        if url.path == "/read":
+            return self.answer({"result": attempt(lambda: open(q["path"], "rb").read(1))})
+        if url.path == "/write":
+            return self.answer({"result": attempt(lambda: open(q["path"], "w").write("x"))})
+        if url.path == "/list":
+            return self.answer({"result": attempt(lambda: os.listdir(q["path"]))})
+        if url.path == "/connect":
+            def connect():
+                socket.create_connection((q["host"], int(q["port"])), timeout=2).close()
+            return self.answer({"result": attempt(connect)})
+        self.send_response(404)
+        self.end_headers()
+
+
+host, port = os.environ["WARREN_AGENT_ADDR"].rsplit(":", 1)
+http.server.ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
