@@ -155,7 +155,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.shared.touch();
-        if self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             // The sandbox just became idle: a queued start may evict it.
             self.shared.ctx.admission.changed();
         }
@@ -582,6 +582,7 @@ impl Actor {
                     .sandbox
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some((sandbox.clone(), upstream.clone()));
+                self.shared().ready.store(true, Ordering::SeqCst);
                 self.phase = Phase::Ready {
                     sandbox,
                     upstream: upstream.clone(),
@@ -632,6 +633,19 @@ impl Actor {
 
     /// Moves to `Stopping` and stops the sandbox in the background; `Stopped` follows.
     async fn begin_stop(&mut self, cause: StopCause, evict_reply: Option<oneshot::Sender<bool>>) {
+        // Requests stop taking the fast path; one that already raised `in_flight` is
+        // seen here, and an idle stop or eviction is called off for it.
+        self.shared().ready.store(false, Ordering::SeqCst);
+        let optional = matches!(cause, StopCause::Idle | StopCause::Eviction);
+        if optional && self.shared().in_flight.load(Ordering::SeqCst) > 0 {
+            self.shared()
+                .ready
+                .store(matches!(self.phase, Phase::Ready { .. }), Ordering::SeqCst);
+            if let Some(reply) = evict_reply {
+                let _ = reply.send(false);
+            }
+            return;
+        }
         let Phase::Ready {
             sandbox,
             upstream,
@@ -698,6 +712,7 @@ impl Actor {
         else {
             return;
         };
+        self.shared().ready.store(false, Ordering::SeqCst);
         tracing::warn!(tenant = %self.handle.tenant(), %exit, "sandbox exited by itself");
         self.transition(
             SandboxState::Stopping,
