@@ -192,6 +192,14 @@ async fn forward(
     caller: &Caller,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
+    if edge.draining.load(Ordering::Acquire) {
+        // No new work, and above all no new sandbox, once shutdown has begun.
+        return Err(ApiError::new(
+            warren_core::ErrorCode::ShuttingDown,
+            "the gateway is restarting",
+        )
+        .retry_after(1));
+    }
     let ready = edge.tenants.handle(&caller.tenant).acquire().await?;
     let path = upstream_path(&request);
     let strip = Strip {

@@ -236,7 +236,13 @@ pub async fn websocket(
                 cookie_name: "",
             },
         );
-        return Ok(Response::from_parts(parts, Body::new(body)));
+        return Ok(Response::from_parts(
+            parts,
+            Body::new(LeasedBody {
+                inner: body,
+                _lease: lease,
+            }),
+        ));
     }
     let agent_upgrade = hyper::upgrade::on(&mut answer);
     let mut response = Response::builder()
@@ -279,23 +285,33 @@ where
     let state = RelayState::default();
     let mut client = Side::new(client, &state, Side::<C>::CLIENT, &lease);
     let mut agent = Side::new(agent, &state, Side::<A>::AGENT, &lease);
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, 16 * 1024, 16 * 1024);
-    tokio::pin!(copy);
-    let mut grace: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            _ = &mut copy => break,
-            _ = state.changed.notified() => {
-                if state.closes_delivered() {
-                    break;
-                }
-                if state.any_ended() {
+    let failed = {
+        let copy =
+            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, 16 * 1024, 16 * 1024);
+        tokio::pin!(copy);
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                result = &mut copy => break result.is_err(),
+                _ = state.changed.notified() => {
+                    if state.closes_delivered() {
+                        break false;
+                    }
+                    // A close or an end one way: the other way gets CLOSE_GRACE to follow.
                     grace.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
                 }
+                _ = sleep_until_opt(grace) => break false,
             }
-            _ = sleep_until_opt(grace) => break,
         }
+    };
+    // A reset (an agent killed with unread data) ends the copy with an error and no
+    // shutdown: the client still deserves its 1011.
+    if failed {
+        let _ = tokio::time::timeout(
+            CLOSE_GRACE,
+            std::future::poll_fn(|cx| Pin::new(&mut client).poll_shutdown(cx)),
+        )
+        .await;
     }
 }
 
@@ -324,10 +340,6 @@ impl RelayState {
 
     fn closes_delivered(&self) -> bool {
         self.has(CLOSE_TO_CLIENT | CLOSE_TO_AGENT)
-    }
-
-    fn any_ended(&self) -> bool {
-        self.bits.load(Ordering::Acquire) & (ENDED_TO_CLIENT | ENDED_TO_AGENT) != 0
     }
 }
 
@@ -408,6 +420,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Side<'_, T> {
         let this = &mut *self;
         while let Some(sent) = this.farewell
             && !this.state.any_close()
+            && (sent > 0 || this.frames.at_boundary())
             && sent < SANDBOX_GONE.len()
         {
             match std::task::ready!(Pin::new(&mut this.io).poll_write(cx, &SANDBOX_GONE[sent..]))? {
@@ -428,6 +441,8 @@ struct FrameTracker {
     header: Vec<u8>,
     /// Payload bytes of the current frame still to pass.
     skip: u64,
+    /// The current frame is a close.
+    in_close: bool,
     saw_close: bool,
 }
 
@@ -438,16 +453,25 @@ impl FrameTracker {
                 let n = (self.skip.min(data.len() as u64)) as usize;
                 self.skip -= n as u64;
                 data = &data[n..];
-                continue;
+            } else {
+                self.header.push(data[0]);
+                data = &data[1..];
+                if let Some((opcode, payload)) = parse_frame_header(&self.header) {
+                    self.in_close = opcode == 0x8;
+                    self.skip = payload;
+                    self.header.clear();
+                }
             }
-            self.header.push(data[0]);
-            data = &data[1..];
-            if let Some((opcode, payload)) = parse_frame_header(&self.header) {
-                self.saw_close |= opcode == 0x8;
-                self.skip = payload;
-                self.header.clear();
+            // A close counts once all of it (code and reason) has passed.
+            if self.in_close && self.skip == 0 {
+                self.saw_close = true;
             }
         }
+    }
+
+    /// Between two frames: a frame written now would not land inside another.
+    fn at_boundary(&self) -> bool {
+        self.header.is_empty() && self.skip == 0
     }
 }
 
