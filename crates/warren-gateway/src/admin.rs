@@ -75,11 +75,11 @@ async fn sync(
 ) -> Result<Response, ApiError> {
     authorize(&edge, &headers)?;
     let t = tenant(&raw)?;
-    let freeze = edge.tenants.freeze(&t);
+    let freeze_for = |t: &TenantId| edge.tenants.freeze(t);
     let report = edge
         .ctx
         .sync
-        .sync(&t, freeze.as_deref())
+        .sync_looking_up(&t, &freeze_for)
         .await
         .map_err(store_error)?;
     Ok(axum::Json(serde_json::json!({

@@ -885,8 +885,18 @@ async fn start_sandbox(
     let t3 = Instant::now();
     let deadline = t3 + ctx.config.runtime.start_timeout.0;
     let upstream = ctx.upstreams.insert(generation, sandbox.endpoint.clone());
+    // Known from now on to whoever must freeze it (a sweep), though not yet to requests.
+    let set_running = |value| {
+        *handle
+            .shared
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = value
+    };
+    set_running(Some((sandbox.clone(), upstream.clone())));
     if let Err(e) = probe::wait_ready(&ctx.client, &sandbox, &upstream, "/healthz", deadline).await
     {
+        set_running(None);
         ctx.upstreams.remove(&upstream);
         if let Err(stop) = ctx.runtime.stop(&sandbox, Duration::ZERO).await {
             tracing::error!(tenant = %spec.tenant, error = %stop, "cannot stop a sandbox that failed to start");

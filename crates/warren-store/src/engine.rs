@@ -151,6 +151,19 @@ impl SyncEngine {
         self.sync_locked(tenant, freeze).await
     }
 
+    /// `sync`, asking `freeze_for` for the freeze with the tenant's lock held: a sandbox
+    /// that started while the caller waited for the lock is frozen all the same.
+    pub async fn sync_looking_up(
+        &self,
+        tenant: &TenantId,
+        freeze_for: &(dyn Fn(&TenantId) -> Option<Arc<dyn Freeze>> + Sync),
+    ) -> Result<SyncReport, StoreError> {
+        let t = self.tenant(tenant);
+        let _guard = t.lock.lock().await;
+        let freeze = freeze_for(tenant);
+        self.sync_locked(tenant, freeze.as_deref()).await
+    }
+
     /// `sync`, for a caller that holds the tenant's lock.
     async fn sync_locked(
         &self,
@@ -341,7 +354,8 @@ impl SyncEngine {
     }
 
     /// Syncs EVERY tenant with a workspace on this machine, then applies retention, at
-    /// most `concurrency` at a time. `freeze_for` gives the freeze of a running sandbox;
+    /// most `concurrency` at a time. `freeze_for` gives the freeze of a running sandbox,
+    /// asked with the tenant's lock held, so a sandbox started meanwhile is frozen too;
     /// `progress` hears of each tenant as it finishes.
     pub async fn sweep(
         self: &Arc<Self>,
@@ -355,12 +369,10 @@ impl SyncEngine {
             tenants: tenants.len(),
             ..SweepReport::default()
         };
-        let jobs = tenants.into_iter().map(|tenant| {
-            let freeze = freeze_for(&tenant);
-            let engine = self.clone();
-            async move { engine.sweep_one(tenant, freeze).await }
-        });
-        let jobs: Vec<_> = jobs.collect();
+        let jobs: Vec<_> = tenants
+            .into_iter()
+            .map(|tenant| self.sweep_one(tenant, freeze_for))
+            .collect();
         let mut items = futures_util::stream::iter(jobs).buffer_unordered(concurrency.max(1));
         while let Some(item) = items.next().await {
             progress(&item);
@@ -375,7 +387,11 @@ impl SyncEngine {
         Ok(report)
     }
 
-    async fn sweep_one(&self, tenant: TenantId, freeze: Option<Arc<dyn Freeze>>) -> SweepItem {
+    async fn sweep_one(
+        &self,
+        tenant: TenantId,
+        freeze_for: &(dyn Fn(&TenantId) -> Option<Arc<dyn Freeze>> + Sync),
+    ) -> SweepItem {
         let mut item = SweepItem {
             tenant: tenant.to_string(),
             seq: None,
@@ -385,7 +401,7 @@ impl SyncEngine {
             error: None,
             retention: None,
         };
-        match self.sync(&tenant, freeze.as_deref()).await {
+        match self.sync_looking_up(&tenant, freeze_for).await {
             Ok(r) => {
                 (item.seq, item.created, item.bytes_uploaded, item.elapsed_ms) =
                     (r.seq, r.created, r.bytes_uploaded, r.elapsed_ms);
