@@ -64,6 +64,8 @@ pub struct Sandbox {
     /// The process start time in clock ticks since boot, to tell this process from a
     /// later one that reused its pid.
     pub pid_start_ticks: u64,
+    /// The first process inside the sandbox's own namespaces, if it has them.
+    pub inner_pid: Option<u32>,
     pub workspace: PathBuf,
     /// Becomes `Some` once, when the sandbox has ended.
     pub exited: watch::Receiver<Option<Exit>>,

@@ -41,7 +41,7 @@ pub enum Isolation {
     /// A plain process on a free host port.
     None,
     /// bubblewrap: namespaces, an unprivileged user, a private loopback.
-        Namespaces {
+    Namespaces {
         bwrap: PathBuf,
         uid: u32,
         agent_port: u16,
@@ -198,7 +198,7 @@ impl Runtime for ProcessRuntime {
                     SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
                 )
             }
-                        Isolation::Namespaces {
+            Isolation::Namespaces {
                 bwrap,
                 uid,
                 agent_port,
@@ -249,8 +249,8 @@ impl Runtime for ProcessRuntime {
             tx.send_replace(Some(exit));
         });
 
-        let netns = match self.isolation {
-            Isolation::None => None,
+        let (netns, inner_pid) = match self.isolation {
+            Isolation::None => (None, None),
             Isolation::Namespaces { .. } => {
                 let inner = match namespaced_child(pid, &exited).await {
                     Ok(inner) => inner,
@@ -259,9 +259,14 @@ impl Runtime for ProcessRuntime {
                         return Err(e);
                     }
                 };
-                let ns =
-                    File::open(format!("/proc/{inner}/ns/net")).map_err(RuntimeError::Spawn)?;
-                Some(Arc::new(ns))
+                let ns = match File::open(format!("/proc/{inner}/ns/net")) {
+                    Ok(ns) => ns,
+                    Err(e) => {
+                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        return Err(RuntimeError::Spawn(e));
+                    }
+                };
+                (Some(Arc::new(ns)), Some(inner))
             }
         };
 
@@ -275,6 +280,7 @@ impl Runtime for ProcessRuntime {
             },
             pid,
             pid_start_ticks,
+            inner_pid,
             workspace,
             exited,
         })
@@ -310,61 +316,92 @@ impl Runtime for ProcessRuntime {
     }
 
     fn freeze(&self, sandbox: &Sandbox) -> Result<(), RuntimeError> {
-        freeze_group(sandbox.pid, FREEZE_TIMEOUT)
+        freeze_members(Members::of(sandbox), FREEZE_TIMEOUT)
     }
 
     fn thaw(&self, sandbox: &Sandbox) {
-        thaw_group(sandbox.pid);
+        Members::of(sandbox).signal(Signal::SIGCONT);
     }
 }
 
 /// How long a freeze may take before it is given up.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The members of process group `pgid`, from `/proc` (field 5 of `stat`).
-fn group_members(pgid: u32) -> Vec<(u32, char)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let group: u32 = fields.nth(1)?.parse().ok()?;
-            (group == pgid).then_some((pid, state))
-        })
-        .collect()
+/// Which processes make up a sandbox.
+#[derive(Debug, Clone, Copy)]
+enum Members {
+    /// A process group (plain processes: a member that calls `setsid` escapes).
+    Group(u32),
+    /// Everything in a PID namespace, whatever its session or group.
+    Namespace(u64),
 }
 
-/// SIGSTOPs process group `pgid` and waits until every member is stopped (`T`) or
-/// gone. Without cgroups this is the freezer: a stopped process is paused between
-/// system calls, so files are seen as they are between two writes.
-pub fn freeze_group(pgid: u32, timeout: Duration) -> Result<(), RuntimeError> {
-    match killpg(Pid::from_raw(pgid as i32), Signal::SIGSTOP) {
-        Ok(()) => {}
-        Err(nix::Error::ESRCH) => return Ok(()),
-        Err(e) => return Err(RuntimeError::Signal(e)),
+fn pid_namespace(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+impl Members {
+    fn of(sandbox: &Sandbox) -> Self {
+        match sandbox.inner_pid.and_then(pid_namespace) {
+            Some(ns) => Members::Namespace(ns),
+            None => Members::Group(sandbox.pid),
+        }
     }
+
+    /// Every member's pid and state letter, from `/proc`.
+    fn list(self) -> Vec<(u32, char)> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+                let state = fields.next()?.chars().next()?;
+                let member = match self {
+                    Members::Group(pgid) => fields.nth(1)?.parse::<u32>().ok()? == pgid,
+                    Members::Namespace(ns) => pid_namespace(pid) == Some(ns),
+                };
+                member.then_some((pid, state))
+            })
+            .collect()
+    }
+
+    fn signal(self, signal: Signal) {
+        for (pid, _) in self.list() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+        }
+    }
+}
+
+/// Stops every member and waits until each is stopped (`T`) or gone, sending SIGSTOP
+/// again to any that appeared meanwhile (a stopped process cannot fork, so this ends).
+/// Without the cgroup freezer this is the freezer: a stopped process is paused between
+/// system calls, so files are seen as they are between two writes.
+fn freeze_members(members: Members, timeout: Duration) -> Result<(), RuntimeError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        // Zombies and dead processes cannot write either.
-        if group_members(pgid)
-            .iter()
-            .all(|(_, state)| matches!(state, 'T' | 't' | 'Z' | 'X'))
-        {
+        let running: Vec<u32> = members
+            .list()
+            .into_iter()
+            .filter(|(_, s)| !matches!(s, 'T' | 't' | 'Z' | 'X'))
+            .map(|(p, _)| p)
+            .collect();
+        if running.is_empty() {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            thaw_group(pgid);
+            members.signal(Signal::SIGCONT);
             return Err(RuntimeError::FreezeTimeout(timeout));
+        }
+        for pid in running {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
         }
         std::thread::yield_now();
     }
-}
-
-pub fn thaw_group(pgid: u32) {
-    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGCONT);
 }
 
 #[cfg(test)]
@@ -449,6 +486,7 @@ mod tests {
                 "AGENT_TOKEN",
                 "HOME",
                 "PATH",
+                "TMPDIR",
                 "WARREN_AGENT_ADDR",
                 "WARREN_TENANT_ID",
                 "WARREN_WORKSPACE"
@@ -485,7 +523,7 @@ mod tests {
             assert_eq!((size("child"), size("parent")), frozen);
         }
         assert!(
-            group_members(sandbox.pid).iter().all(|(_, s)| *s == 'T'),
+            Members::of(&sandbox).list().iter().all(|(_, s)| *s == 'T'),
             "every member is stopped"
         );
         rt.thaw(&sandbox);
@@ -494,6 +532,57 @@ mod tests {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the group never resumed"
+            );
+            tokio::task::yield_now().await;
+        }
+        rt.stop(&sandbox, Duration::from_millis(100)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_namespaced_sandbox_freezes_whole_even_past_setsid() {
+        let bwrap = PathBuf::from("/usr/bin/bwrap");
+        assert!(
+            bwrap.exists(),
+            "this test needs bubblewrap: apt-get install bubblewrap"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let isolation = Isolation::Namespaces {
+            bwrap,
+            uid: 65534,
+            agent_port: 8787,
+            ro_paths: vec![],
+        };
+        let rt = ProcessRuntime::with_isolation(dir.path(), isolation);
+        // One writer leaves the process group with setsid; the freeze must still catch it.
+        let script = "setsid sh -c 'while :; do echo x >> escaped; done' & while :; do echo x >> parent; done";
+        let sandbox = rt.start(&spec("user_a", script)).await.unwrap();
+        let _guard = KillOnDrop(sandbox.pid);
+        assert!(sandbox.inner_pid.is_some() && sandbox.endpoint.netns.is_some());
+        let size = |name: &str| {
+            std::fs::metadata(sandbox.workspace.join(name))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size("escaped") == 0 || size("parent") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writers never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        rt.freeze(&sandbox).unwrap();
+        let frozen = (size("escaped"), size("parent"));
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+            assert_eq!((size("escaped"), size("parent")), frozen);
+        }
+        rt.thaw(&sandbox);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size("escaped") == frozen.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the escaped writer never resumed"
             );
             tokio::task::yield_now().await;
         }
