@@ -87,7 +87,7 @@ pub fn capture(workspace: &Path, known: &LocalState, started_ns: i64) -> std::io
                 .is_some_and(|k| !k.racy && StatKey { racy: false, ..key } == *k);
             match known_chunks.get(rel) {
                 Some(chunks) if unchanged => entry.chunks = (*chunks).clone(),
-                _ => match std::fs::read(workspace.join(rel)) {
+                _ => match read_no_follow(&workspace.join(rel)) {
                     Ok(content) => {
                         // The size read is the size captured, even if the stat was older.
                         entry.size = content.len() as u64;
@@ -105,6 +105,19 @@ pub fn capture(workspace: &Path, known: &LocalState, started_ns: i64) -> std::io
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Reads a file, refusing to follow a symlink put in its place since the walk saw it.
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)?;
+    let mut content = Vec::new();
+    file.read_to_end(&mut content)?;
+    Ok(content)
 }
 
 /// Visits every entry below `root` in path order, without following symlinks.

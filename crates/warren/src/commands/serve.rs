@@ -39,7 +39,13 @@ fn init_logging(config: &Config) {
 fn isolation(config: &Config) -> anyhow::Result<Isolation> {
     let r = &config.runtime;
     match r.isolation {
-        IsolationKind::None => Ok(Isolation::None),
+        IsolationKind::None => {
+            tracing::warn!(
+                "runtime.isolation = \"none\": sandboxes are plain processes that can read the data dir, \
+                 other tenants' workspaces and the secrets; use it for development only"
+            );
+            Ok(Isolation::None)
+        }
         IsolationKind::Namespaces => {
             let bwrap = ["/usr/bin/bwrap", "/usr/local/bin/bwrap"]
                 .into_iter()
