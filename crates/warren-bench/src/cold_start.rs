@@ -16,7 +16,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::client::HttpConn;
-use crate::launch::{Gateway, GatewayStopped, processes_under, rss_kib};
+use crate::launch::{Gateway, GatewayStopped, processes_under, rss_kib, sandboxes_under};
 use crate::load::Samples;
 
 /// The request that wakes a sandbox.
@@ -124,14 +124,17 @@ pub async fn run(
         }
         if max_instances < warm + users {
             // Eviction must keep the count at or under the cap.
-            let running = processes_under(&gateway.data_dir).len();
+            let running = sandboxes_under(&gateway.data_dir);
             most_running = most_running.max(running);
         }
     }
-    let sandboxes = processes_under(&gateway.data_dir);
-    most_running = most_running.max(sandboxes.len());
+    let sandboxes_running = sandboxes_under(&gateway.data_dir);
+    most_running = most_running.max(sandboxes_running);
     let gateway_rss_kib = gateway.process.pid().and_then(rss_kib).unwrap_or(0);
-    let sandboxes_rss_kib = sandboxes.iter().filter_map(|&p| rss_kib(p)).sum();
+    let sandboxes_rss_kib = processes_under(&gateway.data_dir)
+        .iter()
+        .filter_map(|&p| rss_kib(p))
+        .sum();
 
     let stopped = gateway.stop().await?;
 
@@ -144,7 +147,7 @@ pub async fn run(
         boot,
         rest,
         most_running,
-        sandboxes_running: sandboxes.len(),
+        sandboxes_running,
         gateway_rss_kib,
         sandboxes_rss_kib,
         stopped,

@@ -300,6 +300,25 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Sandboxes of a gateway whose data dir is `dir`: the process groups of the processes
+/// under it. Each sandbox is started as a group of its own, and may be several
+/// processes (isolated: bubblewrap, its init in the sandbox, and the agent).
+pub fn sandboxes_under(dir: &Path) -> usize {
+    let groups: std::collections::HashSet<u32> = processes_under(dir)
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command name: state, ppid, pgrp.
+            stat[stat.rfind(')')? + 2..]
+                .split_whitespace()
+                .nth(2)?
+                .parse()
+                .ok()
+        })
+        .collect();
+    groups.len()
+}
+
 /// Resident memory of a process in KiB, from `/proc/<pid>/status`.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use clap::{Parser, ValueEnum};
 
 mod anchors;
@@ -136,14 +136,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let command: Vec<String> = std::env::args().collect();
     report::machine(&command.join(" "), &warren, &args.nginx);
+    let mut failed = Vec::new();
 
     if matches!(args.only, Only::All | Only::ColdStart) {
         eprintln!("cold start: {} users...", args.users);
         let limit = args.users + 8;
-        let run = cold_start::run(&warren, &dir.join("cold"), limit, 0, args.users)
-            .await
-            .context("cold start")?;
-        report::cold_start("Cold start of sleeping tenants", &run);
+        let run = cold_start::run(&warren, &dir.join("cold"), limit, 0, args.users).await;
+        if let Some(run) = outcome("Cold start of sleeping tenants", run, &mut failed) {
+            report::cold_start("Cold start of sleeping tenants", &run);
+        }
 
         if args.capacity_users > 0 {
             eprintln!(
@@ -157,12 +158,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.capacity,
                 args.capacity_users,
             )
-            .await
-            .context("cold start at capacity")?;
-            report::cold_start(
-                "Cold start at capacity (each start evicts the LRU idle sandbox)",
-                &run,
-            );
+            .await;
+            let title = "Cold start at capacity (each start evicts the LRU idle sandbox)";
+            if let Some(run) = outcome(title, run, &mut failed) {
+                report::cold_start(title, &run);
+            }
         }
     }
 
@@ -175,10 +175,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             duration: Duration::from_secs(args.duration_secs),
             body_bytes: args.body_bytes,
         };
-        let run = proxy::run(&warren, &args.nginx, &dir.join("proxy"), &settings)
-            .await
-            .context("proxy overhead")?;
-        report::proxy(&run, &settings);
+        let run = proxy::run(&warren, &args.nginx, &dir.join("proxy"), &settings).await;
+        if let Some(run) = outcome("Proxy overhead", run, &mut failed) {
+            report::proxy(&run, &settings);
+        }
     }
 
     if matches!(args.only, Only::All | Only::Store) {
@@ -191,10 +191,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             rounds: args.change_rounds,
             sweep_tenants: args.sweep_tenants,
         };
-        let run = store::run(&args.rsync, &args.restic, &dir.join("store"), &settings)
-            .await
-            .context("store")?;
-        report::store(&run, &settings);
+        let run = store::run(&args.rsync, &args.restic, &dir.join("store"), &settings).await;
+        if let Some(run) = outcome("Store", run, &mut failed) {
+            report::store(&run, &settings);
+        }
 
         eprintln!(
             "store: RPO, {} messages, one every 100 ms...",
@@ -206,9 +206,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.rpo_messages,
             Duration::from_millis(100),
         )
-        .await
-        .context("RPO")?;
-        report::rpo(&run);
+        .await;
+        if let Some(run) = outcome("Store: RPO under a steady writer", run, &mut failed) {
+            report::rpo(&run);
+        }
     }
+    ensure!(failed.is_empty(), "failed: {}", failed.join("; "));
     Ok(())
+}
+
+/// A scenario's result. A failed one is reported in place, and the run goes on to the
+/// next scenario (each starts its own processes), then fails at the end.
+fn outcome<T>(name: &str, result: anyhow::Result<T>, failed: &mut Vec<String>) -> Option<T> {
+    match result {
+        Ok(run) => Some(run),
+        Err(e) => {
+            println!("## {name}: FAILED\n\n```\n{e:#}\n```\n");
+            eprintln!("warren-bench: {name}: {e:#}");
+            failed.push(name.to_owned());
+            None
+        }
+    }
 }
