@@ -364,6 +364,8 @@ pub struct InstanceType {
     pub vcpu: f64,
     pub memory_mib: u64,
     pub disk_gb: u64,
+    /// Processes and threads at most.
+    pub pids: u64,
 }
 
 /// The original's instance types (vCPU, memory, disk).
@@ -373,36 +375,42 @@ pub const INSTANCE_TYPES: [InstanceType; 6] = [
         vcpu: 1.0 / 16.0,
         memory_mib: 256,
         disk_gb: 2,
+        pids: 256,
     },
     InstanceType {
         name: "basic",
         vcpu: 0.25,
         memory_mib: 1024,
         disk_gb: 4,
+        pids: 512,
     },
     InstanceType {
         name: "standard-1",
         vcpu: 0.5,
         memory_mib: 4096,
         disk_gb: 8,
+        pids: 4096,
     },
     InstanceType {
         name: "standard-2",
         vcpu: 1.0,
         memory_mib: 6144,
         disk_gb: 12,
+        pids: 4096,
     },
     InstanceType {
         name: "standard-3",
         vcpu: 2.0,
         memory_mib: 8192,
         disk_gb: 16,
+        pids: 4096,
     },
     InstanceType {
         name: "standard-4",
         vcpu: 4.0,
         memory_mib: 12288,
         disk_gb: 20,
+        pids: 4096,
     },
 ];
 

@@ -43,6 +43,8 @@ pub enum StopCause {
     Eviction,
     /// The agent exited on its own.
     Crash,
+    /// The kernel killed the sandbox for going over its memory limit.
+    Oom,
     /// The agent never became ready.
     StartFailed,
     /// The gateway shut down.
@@ -57,22 +59,26 @@ impl StopCause {
             StopCause::Idle => "idle",
             StopCause::Eviction => "eviction",
             StopCause::Crash => "crash",
+            StopCause::Oom => "oom",
             StopCause::StartFailed => "start_failed",
             StopCause::Shutdown => "shutdown",
             StopCause::Admin => "admin",
         }
     }
 
+    /// Every cause, for parsing and tests.
+    pub const ALL: [StopCause; 7] = [
+        Self::Idle,
+        Self::Eviction,
+        Self::Crash,
+        Self::Oom,
+        Self::StartFailed,
+        Self::Shutdown,
+        Self::Admin,
+    ];
+
     pub fn parse(raw: &str) -> Option<Self> {
-        [
-            Self::Idle,
-            Self::Eviction,
-            Self::Crash,
-            Self::StartFailed,
-            Self::Shutdown,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == raw)
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
     }
 }
 
@@ -90,13 +96,7 @@ mod tests {
         ] {
             assert_eq!(SandboxState::parse(s.as_str()), Some(s));
         }
-        for c in [
-            StopCause::Idle,
-            StopCause::Eviction,
-            StopCause::Crash,
-            StopCause::StartFailed,
-            StopCause::Shutdown,
-        ] {
+        for c in StopCause::ALL {
             assert_eq!(StopCause::parse(c.as_str()), Some(c));
         }
     }

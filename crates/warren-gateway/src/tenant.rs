@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use warren_core::duration::SleepAfter;
 use warren_core::sandbox::{SandboxState, StopCause};
 use warren_core::{ErrorCode, TenantId};
+use warren_runtime::cgroup::Limits;
 use warren_runtime::{Exit, Sandbox, SandboxSpec};
 use warren_state::{SandboxIdentity, Transition};
 use warren_store::engine::Watch;
@@ -375,6 +376,8 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         hold_waiters: Vec::new(),
         holds: 0,
         recheck_at: None,
+        failures: 0,
+        restart_after: None,
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -409,7 +412,15 @@ struct Actor {
     holds: usize,
     /// While busy past `sleep_after`, idleness is looked at again no sooner than this.
     recheck_at: Option<Instant>,
+    /// Crashes and OOMs in a row, and when the next start may begin.
+    failures: u32,
+    restart_after: Option<Instant>,
 }
+
+/// The wait before restarting a sandbox that crashed, doubled for each failure in a
+/// row, up to the maximum.
+const RESTART_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Actor {
     fn shared(&self) -> &Arc<Shared> {
@@ -544,7 +555,11 @@ impl Actor {
             .await;
         let ctx = self.ctx.clone();
         let handle = self.handle.clone();
+        let not_before = self.restart_after.take();
         tokio::spawn(async move {
+            if let Some(at) = not_before {
+                tokio::time::sleep_until(at).await;
+            }
             let result = start_sandbox(&ctx, &handle, generation).await;
             let _ = handle
                 .tx
@@ -640,6 +655,8 @@ impl Actor {
         // seen here, and an idle stop or eviction is called off for it.
         self.shared().ready.store(false, Ordering::SeqCst);
         let optional = matches!(cause, StopCause::Idle | StopCause::Eviction);
+        // A sandbox stopped on purpose ran well: crash backoff starts over.
+        self.failures = 0;
         if optional && self.shared().in_flight.load(Ordering::SeqCst) > 0 {
             self.shared()
                 .ready
@@ -716,16 +733,25 @@ impl Actor {
             return;
         };
         self.shared().ready.store(false, Ordering::SeqCst);
-        tracing::warn!(tenant = %self.handle.tenant(), %exit, "sandbox exited by itself");
+        let cause = if exit == Exit::OutOfMemory {
+            StopCause::Oom
+        } else {
+            StopCause::Crash
+        };
+        tracing::warn!(tenant = %self.handle.tenant(), %exit, cause = cause.as_str(), "sandbox exited by itself");
+        // The next start waits a little longer after each failure in a row.
+        self.failures += 1;
+        let backoff = RESTART_BACKOFF * 2u32.saturating_pow(self.failures.min(6) - 1);
+        self.restart_after = Some(Instant::now() + backoff.min(MAX_RESTART_BACKOFF));
         self.transition(
             SandboxState::Stopping,
-            Some(StopCause::Crash),
+            Some(cause),
             None,
             Some(exit.to_string()),
         )
         .await;
         let ending = Ending {
-            cause: StopCause::Crash,
+            cause,
             exit: Some(exit),
             evict_reply: None,
             upstream,
@@ -877,6 +903,11 @@ async fn start_sandbox(
         tenant: handle.tenant().clone(),
         generation,
         command: ctx.agent_command.clone(),
+        limits: ctx.config.instance_type().map(|t| Limits {
+            memory_bytes: t.memory_mib << 20,
+            cpu_millis: (t.vcpu * 1000.0).round() as u64,
+            pids: t.pids,
+        }),
         env: Vec::new(),
     };
     let failed = |m: String| ApiError::new(ErrorCode::SandboxStartFailed, m).retry_after(1);

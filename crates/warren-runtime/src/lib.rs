@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use warren_core::TenantId;
 
+pub mod cgroup;
 pub mod netns;
 pub mod process;
 
@@ -28,6 +29,8 @@ pub struct SandboxSpec {
     pub generation: u64,
     /// The agent's program and arguments.
     pub command: Vec<String>,
+    /// What it may use; `None`: no limits (or none this host can enforce).
+    pub limits: Option<cgroup::Limits>,
     /// The only environment the agent sees, besides what the runtime adds
     /// (`WARREN_TENANT_ID`, `WARREN_WORKSPACE`, `WARREN_AGENT_ADDR`, `HOME`, `PATH`).
     pub env: Vec<(String, String)>,
@@ -40,6 +43,8 @@ pub enum Exit {
     Code(i32),
     /// Killed by this signal.
     Signal(i32),
+    /// Killed by the kernel for going over its memory limit.
+    OutOfMemory,
 }
 
 impl std::fmt::Display for Exit {
@@ -47,6 +52,7 @@ impl std::fmt::Display for Exit {
         match self {
             Exit::Code(c) => write!(f, "exit code {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::OutOfMemory => write!(f, "killed for going over its memory limit"),
         }
     }
 }
@@ -100,6 +106,8 @@ pub enum RuntimeError {
     EmptyCommand,
     #[error("cannot signal the sandbox: {0}")]
     Signal(nix::Error),
+    #[error("cannot set up the sandbox's cgroup: {0}")]
+    Cgroup(std::io::Error),
     #[error("the sandbox did not stop within {0:?}")]
     FreezeTimeout(Duration),
 }

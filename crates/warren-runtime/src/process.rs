@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use warren_core::TenantId;
 use warren_core::layout::Layout;
 
+use crate::cgroup::{Cgroup, Hierarchy};
 use crate::netns::Endpoint;
 use crate::{Exit, Runtime, RuntimeError, Sandbox, SandboxSpec};
 
@@ -57,6 +58,8 @@ pub struct ProcessRuntime {
     data_dir: PathBuf,
     isolation: Isolation,
     connector: crate::netns::Connector,
+    /// Where limits go; `None` when the host has no usable cgroups.
+    cgroups: Option<Hierarchy>,
 }
 
 impl ProcessRuntime {
@@ -72,9 +75,17 @@ impl ProcessRuntime {
             data_dir,
             isolation,
             connector: crate::netns::Connector::new(),
+            cgroups: Hierarchy::detect(),
         }
     }
 }
+
+/// Joins the cgroups named by its arguments (a count, then `cgroup.procs` files), then
+/// becomes the rest of its arguments.
+const JOIN_CGROUP: &str = r#"n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 126; shift; n=$((n-1)); done; exec "$@""#;
+
+/// How often an emptied cgroup's removal is tried again.
+const CGROUP_RETRY: Duration = Duration::from_millis(20);
 
 /// A port on 127.0.0.1 that was free a moment ago. The agent binds it itself; a
 /// collision shows up as a start that fails its probe, and the next start picks again.
@@ -190,12 +201,14 @@ impl Runtime for ProcessRuntime {
             .map_err(io(&log_path))?;
         let log_err = log.try_clone().map_err(io(&log_path))?;
 
-        let (mut cmd, address) = match &self.isolation {
+        let (mut argv, address, uid): (Vec<String>, SocketAddr, Option<u32>) = match &self.isolation
+        {
             Isolation::None => {
                 let port = free_loopback_port().map_err(RuntimeError::Spawn)?;
                 (
-                    Command::new(program),
+                    spec.command.clone(),
                     SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    None,
                 )
             }
             Isolation::Namespaces {
@@ -207,16 +220,51 @@ impl Runtime for ProcessRuntime {
                 chown_tree(&workspace, *uid).map_err(io(&workspace))?;
                 let mut visible = ro_paths.clone();
                 visible.extend(Some(PathBuf::from(program)).filter(|p| p.is_absolute()));
-                let mut cmd = Command::new(bwrap);
-                cmd.args(bwrap_args(&self.data_dir, &workspace, *uid, &visible))
-                    .arg(program)
-                    .uid(*uid)
-                    .gid(*uid);
-                (cmd, SocketAddr::from((Ipv4Addr::LOCALHOST, *agent_port)))
+                let mut argv = vec![bwrap.to_string_lossy().into_owned()];
+                argv.extend(bwrap_args(&self.data_dir, &workspace, *uid, &visible));
+                argv.extend(spec.command.iter().cloned());
+                (
+                    argv,
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, *agent_port)),
+                    Some(*uid),
+                )
             }
         };
-        cmd.args(args)
-            .env_clear()
+        // The sandbox joins its cgroup before anything else runs, so every process it
+        // ever forks is counted: a shell writes its own pid, then becomes the sandbox.
+        let cgroup = match (&self.cgroups, &spec.limits) {
+            (Some(hierarchy), Some(limits)) => {
+                let name = format!("{}-{}", spec.tenant, spec.generation);
+                let cgroup =
+                    Cgroup::create(hierarchy, &name, limits).map_err(RuntimeError::Cgroup)?;
+                let procs = cgroup.procs_files();
+                if let Some(uid) = uid {
+                    for file in &procs {
+                        std::os::unix::fs::lchown(file, Some(uid), Some(uid))
+                            .map_err(RuntimeError::Cgroup)?;
+                    }
+                }
+                let mut wrapped: Vec<String> = vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    JOIN_CGROUP.into(),
+                    "warren-join".into(),
+                    procs.len().to_string(),
+                ];
+                wrapped.extend(procs.iter().map(|p| p.to_string_lossy().into_owned()));
+                wrapped.append(&mut argv);
+                argv = wrapped;
+                Some(cgroup)
+            }
+            _ => None,
+        };
+        let _ = args;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &workspace)
@@ -239,13 +287,25 @@ impl Runtime for ProcessRuntime {
         let (tx, exited) = watch::channel(None);
         let tenant = spec.tenant.clone();
         tokio::spawn(async move {
-            let exit = match child.wait().await {
+            let mut exit = match child.wait().await {
                 Ok(status) => exit_of(status),
                 Err(e) => {
                     tracing::warn!(%tenant, pid, error = %e, "cannot wait for the agent");
                     Exit::Code(-1)
                 }
             };
+            if let Some(cgroup) = cgroup {
+                if cgroup.oom_killed() {
+                    exit = Exit::OutOfMemory;
+                }
+                // The sandbox's last processes die with bubblewrap, a moment later.
+                for _ in 0..100 {
+                    if cgroup.remove() {
+                        break;
+                    }
+                    tokio::time::sleep(CGROUP_RETRY).await;
+                }
+            }
             tx.send_replace(Some(exit));
         });
 
@@ -422,6 +482,7 @@ mod tests {
             tenant: TenantId::parse(tenant).unwrap(),
             generation: 1,
             command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            limits: None,
             env: vec![("AGENT_TOKEN".into(), "t".into())],
         }
     }

@@ -5,6 +5,7 @@
 mod harness;
 
 use harness::Gateway;
+use warren_state::StateStore;
 
 fn probe_gateway(extra: &str) -> Gateway {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/probe.py");
@@ -180,4 +181,49 @@ async fn a_sandbox_reaches_neither_the_gateway_nor_another_sandbox() {
         got == "OSError" || got.contains("Unreachable") || got == "TimeoutError",
         "{got}"
     );
+}
+
+#[tokio::test]
+async fn instance_type_limits_are_enforced_and_an_oom_is_told_from_a_crash() {
+    // lite: 1/16 vCPU, 256 MiB, 256 pids.
+    let gw = probe_gateway("instance_type = \"lite\"");
+    let burn = ask(&gw, "user_a", "/burn?ms=1000").await;
+    let cpu_ms = burn["cpu_ms"].as_u64().unwrap();
+    assert!(
+        cpu_ms < 500,
+        "a 1/16 vCPU sandbox used {cpu_ms} ms of CPU in 1 s"
+    );
+    let threads = ask(&gw, "user_a", "/threads?n=400").await["started"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        threads < 400,
+        "started {threads} threads under a limit of 256 pids"
+    );
+    assert_eq!(
+        ask(&gw, "user_a", "/alloc?mb=64").await["allocated_mb"],
+        64,
+        "within the limit"
+    );
+
+    // Over the memory limit: the kernel kills it, and warren says so.
+    let reply = gw.get_as("user_a", "/alloc?mb=400").await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    gw.wait_for_state("user_a", "asleep", std::time::Duration::from_secs(20))
+        .await;
+    let status = gw.status("user_a").await;
+    assert_eq!(status["last_stop"]["cause"], "oom", "{status}");
+    let events = gw
+        .state_store()
+        .events(Some(&warren_core::TenantId::parse("user_a").unwrap()), 10)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.cause == Some(warren_core::sandbox::StopCause::Oom)),
+        "{events:?}"
+    );
+    // The next request starts it again.
+    assert_eq!(ask(&gw, "user_a", "/whoami").await["tenant"], "user_a");
 }

@@ -1,13 +1,16 @@
 """A test agent that reports what it can see and do from inside its sandbox.
 
-It serves GET /healthz, /whoami, /env, /procs, /read?path=, /write?path=, /list?path=
-and /connect?host=&port= on WARREN_AGENT_ADDR, answering JSON. It never raises: every
+It serves GET /healthz, /whoami, /env, /procs, /read?path=, /write?path=, /list?path=,
+/connect?host=&port=, /alloc?mb=, /threads?n= and /burn?ms= on WARREN_AGENT_ADDR,
+answering JSON. It never raises: every
 attempt's outcome is reported, as "ok" or the exception's class name.
 """
 import http.server
 import json
 import os
 import socket
+import threading
+import time
 import urllib.parse
 
 
@@ -59,6 +62,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
             def connect():
                 socket.create_connection((q["host"], int(q["port"])), timeout=2).close()
             return self.answer({"result": attempt(connect)})
+        if url.path == "/alloc":
+            # Touch every page, so the memory is really used.
+            block = bytearray(int(q["mb"]) * 1024 * 1024)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            return self.answer({"allocated_mb": int(q["mb"])})
+        if url.path == "/threads":
+            started, stop = 0, threading.Event()
+            try:
+                for _ in range(int(q["n"])):
+                    threading.Thread(target=stop.wait, daemon=True).start()
+                    started += 1
+            except RuntimeError:
+                pass
+            stop.set()
+            return self.answer({"started": started})
+        if url.path == "/burn":
+            cpu, end = time.process_time(), time.monotonic() + int(q["ms"]) / 1000
+            while time.monotonic() < end:
+                pass
+            return self.answer({"cpu_ms": int((time.process_time() - cpu) * 1000)})
         self.send_response(404)
         self.end_headers()
 

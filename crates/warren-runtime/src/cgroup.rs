@@ -1,0 +1,224 @@
+//! cgroup limits for process sandboxes: memory, CPU and pids from the instance type, on
+//! cgroup v2 (one unified tree) or v1 (a tree per controller, as on hybrid hosts where
+//! v2's `unified` mount holds no controllers), and the one fact a sandbox's end needs
+//! from them: was it killed for memory.
+//!
+//! A sandbox's cgroup is `warren/<tenant>-<generation>` under each controller's root.
+//! The sandbox is placed in it before its first instruction (see `ProcessRuntime`), so
+//! every process it ever forks is counted.
+
+use std::path::{Path, PathBuf};
+
+/// What a sandbox may use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    /// Thousandths of a CPU: 250 is a quarter of one.
+    pub cpu_millis: u64,
+    pub pids: u64,
+}
+
+/// Where the controllers are on this host.
+#[derive(Debug, Clone)]
+pub enum Hierarchy {
+    V2 {
+        root: PathBuf,
+    },
+    V1 {
+        memory: PathBuf,
+        cpu: PathBuf,
+        pids: PathBuf,
+    },
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+impl Hierarchy {
+    /// The host's layout under `/sys/fs/cgroup`, if it has memory, CPU and pids
+    /// controllers warren can use.
+    pub fn detect() -> Option<Self> {
+        Self::detect_at(Path::new("/sys/fs/cgroup"))
+    }
+
+    fn detect_at(base: &Path) -> Option<Self> {
+        if let Ok(controllers) = std::fs::read_to_string(base.join("cgroup.controllers")) {
+            let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+            return (has("memory") && has("cpu") && has("pids")).then(|| Hierarchy::V2 {
+                root: base.to_owned(),
+            });
+        }
+        let (memory, cpu, pids) = (base.join("memory"), base.join("cpu"), base.join("pids"));
+        (memory.join("memory.limit_in_bytes").exists()
+            && cpu.join("cpu.cfs_quota_us").exists()
+            && pids.exists())
+        .then_some(Hierarchy::V1 { memory, cpu, pids })
+    }
+}
+
+/// One sandbox's cgroup (one directory per controller on v1).
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    /// Where the memory controller's files are.
+    memory: PathBuf,
+    v2: bool,
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(dir.join(file), value)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}/{file}: {e}", dir.display())))
+}
+
+impl Cgroup {
+    /// Creates the cgroup `warren/<name>` with `limits`.
+    pub fn create(hierarchy: &Hierarchy, name: &str, limits: &Limits) -> std::io::Result<Self> {
+        let quota = (limits.cpu_millis * CPU_PERIOD_US / 1000).max(1000);
+        match hierarchy {
+            Hierarchy::V2 { root } => {
+                // Controllers must be enabled down the tree before a leaf can use them.
+                let parent = root.join("warren");
+                std::fs::create_dir_all(&parent)?;
+                write(root, "cgroup.subtree_control", "+memory +cpu +pids")?;
+                write(&parent, "cgroup.subtree_control", "+memory +cpu +pids")?;
+                let dir = parent.join(name);
+                std::fs::create_dir_all(&dir)?;
+                write(&dir, "memory.max", &limits.memory_bytes.to_string())?;
+                // Swap would hide an overrun instead of ending it.
+                let _ = write(&dir, "memory.swap.max", "0");
+                write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+                write(&dir, "pids.max", &limits.pids.to_string())?;
+                Ok(Self {
+                    dirs: vec![dir.clone()],
+                    memory: dir,
+                    v2: true,
+                })
+            }
+            Hierarchy::V1 { memory, cpu, pids } => {
+                let (m, c, p) = (
+                    memory.join("warren").join(name),
+                    cpu.join("warren").join(name),
+                    pids.join("warren").join(name),
+                );
+                for dir in [&m, &c, &p] {
+                    std::fs::create_dir_all(dir)?;
+                }
+                write(
+                    &m,
+                    "memory.limit_in_bytes",
+                    &limits.memory_bytes.to_string(),
+                )?;
+                let _ = write(
+                    &m,
+                    "memory.memsw.limit_in_bytes",
+                    &limits.memory_bytes.to_string(),
+                );
+                write(&c, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+                write(&c, "cpu.cfs_quota_us", &quota.to_string())?;
+                write(&p, "pids.max", &limits.pids.to_string())?;
+                Ok(Self {
+                    dirs: vec![m.clone(), c, p],
+                    memory: m,
+                    v2: false,
+                })
+            }
+        }
+    }
+
+    /// The `cgroup.procs` files a process writes its pid to, to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Whether the kernel killed a process of this cgroup for memory.
+    pub fn oom_killed(&self) -> bool {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.memory.join(file)).is_ok_and(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        })
+    }
+
+    /// Removes the cgroup, once its processes are gone. Returns whether it is gone.
+    pub fn remove(&self) -> bool {
+        self.dirs.iter().all(|dir| match std::fs::remove_dir(dir) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_v1_and_v2_layouts() {
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(
+            v2.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            Hierarchy::detect_at(v2.path()),
+            Some(Hierarchy::V2 { .. })
+        ));
+        std::fs::write(v2.path().join("cgroup.controllers"), "cpu io\n").unwrap();
+        assert!(
+            Hierarchy::detect_at(v2.path()).is_none(),
+            "v2 without memory is no use"
+        );
+
+        let v1 = tempfile::tempdir().unwrap();
+        for (dir, file) in [
+            ("memory", "memory.limit_in_bytes"),
+            ("cpu", "cpu.cfs_quota_us"),
+            ("pids", "pids.max"),
+        ] {
+            std::fs::create_dir_all(v1.path().join(dir)).unwrap();
+            std::fs::write(v1.path().join(dir).join(file), "").unwrap();
+        }
+        assert!(matches!(
+            Hierarchy::detect_at(v1.path()),
+            Some(Hierarchy::V1 { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_oom_kills_in_both_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = Cgroup {
+            dirs: vec![],
+            memory: dir.path().to_owned(),
+            v2: false,
+        };
+        std::fs::write(
+            dir.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        )
+        .unwrap();
+        assert!(!v1.oom_killed());
+        std::fs::write(
+            dir.path().join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert!(v1.oom_killed());
+        let v2 = Cgroup {
+            dirs: vec![],
+            memory: dir.path().to_owned(),
+            v2: true,
+        };
+        std::fs::write(
+            dir.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert!(v2.oom_killed());
+    }
+}
