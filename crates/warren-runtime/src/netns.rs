@@ -95,7 +95,9 @@ fn connect_inside(
     addr: SocketAddr,
 ) -> std::io::Result<std::net::TcpStream> {
     setns(netns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-    let result = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    // Loopback answers at once; a wait means the namespace is not up yet: fail fast and
+    // let the caller try again.
+    let result = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100));
     // Failing to return would leave this thread in a sandbox: stop it instead.
     setns(host, CloneFlags::CLONE_NEWNET)
         .expect("the connector thread returns to the host's network namespace");

@@ -97,11 +97,8 @@ fn free_loopback_port() -> std::io::Result<u16> {
 /// bubblewrap's arguments for a sandbox whose workspace is `workspace`.
 fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32, ro_paths: &[PathBuf]) -> Vec<String> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    // --die-with-parent: bubblewrap is the sandbox's supervisor (the gateway is not:
-    // sandboxes outlive it); whatever kills bubblewrap kills the sandbox.
     let mut args: Vec<String> = [
         "--unshare-all",
-        "--die-with-parent",
         "--cap-drop",
         "ALL",
         "--uid",
@@ -144,18 +141,19 @@ fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
 /// The process that bubblewrap started inside the new namespaces: its child.
 async fn namespaced_child(
     pid: u32,
-    exited: &watch::Receiver<Option<Exit>>,
+    child: &mut tokio::process::Child,
 ) -> Result<u32, RuntimeError> {
     let path = format!("/proc/{pid}/task/{pid}/children");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        if let Some(child) = std::fs::read_to_string(&path)
+        if let Some(inner) = std::fs::read_to_string(&path)
             .ok()
             .and_then(|c| c.split_whitespace().next()?.parse().ok())
         {
-            return Ok(child);
+            return Ok(inner);
         }
-        if exited.borrow().is_some() || tokio::time::Instant::now() > deadline {
+        let gone = !matches!(child.try_wait(), Ok(None));
+        if gone || tokio::time::Instant::now() > deadline {
             return Err(RuntimeError::Spawn(std::io::Error::other(
                 "bubblewrap did not start the sandbox (see the tenant's agent.log)",
             )));
@@ -284,6 +282,30 @@ impl Runtime for ProcessRuntime {
         })?;
         let pid_start_ticks = process_start_ticks(pid).unwrap_or(0);
 
+        let (netns, inner_pid) = match self.isolation {
+            Isolation::None => (None, None),
+            Isolation::Namespaces { .. } => {
+                let opened = match namespaced_child(pid, &mut child).await {
+                    Ok(inner) => File::open(format!("/proc/{inner}/ns/net"))
+                        .map(|ns| (ns, inner))
+                        .map_err(RuntimeError::Spawn),
+                    Err(e) => Err(e),
+                };
+                match opened {
+                    Ok((ns, inner)) => (Some(Arc::new(ns)), Some(inner)),
+                    Err(e) => {
+                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        // Known now, while the namespace's first process surely lives.
+        let members = match inner_pid.and_then(pid_namespace) {
+            Some(ns) => Members::Namespace(ns),
+            None => Members::Group(pid),
+        };
+
         let (tx, exited) = watch::channel(None);
         let tenant = spec.tenant.clone();
         tokio::spawn(async move {
@@ -294,11 +316,15 @@ impl Runtime for ProcessRuntime {
                     Exit::Code(-1)
                 }
             };
+            // bubblewrap is the sandbox's supervisor: whatever ended it ends the rest.
+            // (Not --die-with-parent, which would tie the sandbox to the gateway's
+            // thread that started it, and sandboxes must outlive the gateway.)
+            members.signal(Signal::SIGKILL);
             if let Some(cgroup) = cgroup {
                 if cgroup.oom_killed() {
                     exit = Exit::OutOfMemory;
                 }
-                // The sandbox's last processes die with bubblewrap, a moment later.
+                // The last processes go a moment later.
                 for _ in 0..100 {
                     if cgroup.remove() {
                         break;
@@ -308,27 +334,6 @@ impl Runtime for ProcessRuntime {
             }
             tx.send_replace(Some(exit));
         });
-
-        let (netns, inner_pid) = match self.isolation {
-            Isolation::None => (None, None),
-            Isolation::Namespaces { .. } => {
-                let inner = match namespaced_child(pid, &exited).await {
-                    Ok(inner) => inner,
-                    Err(e) => {
-                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                        return Err(e);
-                    }
-                };
-                let ns = match File::open(format!("/proc/{inner}/ns/net")) {
-                    Ok(ns) => ns,
-                    Err(e) => {
-                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                        return Err(RuntimeError::Spawn(e));
-                    }
-                };
-                (Some(Arc::new(ns)), Some(inner))
-            }
-        };
 
         Ok(Sandbox {
             tenant: spec.tenant.clone(),
@@ -648,6 +653,51 @@ mod tests {
             tokio::task::yield_now().await;
         }
         rt.stop(&sandbox, Duration::from_millis(100)).await.unwrap();
+    }
+
+    #[test]
+    fn a_namespaced_sandbox_outlives_the_thread_that_started_it() {
+        // The gateway starts sandboxes from whatever worker thread it is on, and those
+        // threads come and go; a sandbox must not go with them.
+        let bwrap = PathBuf::from("/usr/bin/bwrap");
+        assert!(
+            bwrap.exists(),
+            "this test needs bubblewrap: apt-get install bubblewrap"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let isolation = Isolation::Namespaces {
+            bwrap,
+            uid: 65534,
+            agent_port: 8787,
+            ro_paths: vec![],
+        };
+        let rt = Arc::new(ProcessRuntime::with_isolation(dir.path(), isolation));
+        let rt2 = rt.clone();
+        let sandbox = std::thread::spawn(move || {
+            let local = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            local.block_on(rt2.start(&spec("user_a", "while :; do echo x >> beat; done")))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        let _guard = KillOnDrop(sandbox.pid);
+        let size = || {
+            std::fs::metadata(sandbox.workspace.join("beat"))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        let before = size();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sandbox died with the thread that started it"
+            );
+            std::thread::yield_now();
+        }
     }
 
     #[test]

@@ -28,57 +28,50 @@ pub async fn materialize(
 ) -> Result<Manifest, StoreError> {
     let manifest = read_manifest(store, tenant, record).await?;
     std::fs::create_dir(dest)?;
-    for entry in &manifest.entries {
-        let path = dest.join(&entry.path);
-        match entry.kind {
-            Kind::Dir => std::fs::create_dir_all(&path)?,
-            Kind::Symlink => {
-                let target = entry.target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(target, &path)?;
-            }
-            Kind::File => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
+    // The tree first, then the files, many at a time (a restore is mostly waiting on
+    // the store), then the symlinks.
+    for entry in manifest.entries.iter().filter(|e| e.kind == Kind::Dir) {
+        std::fs::create_dir_all(dest.join(&entry.path))?;
+    }
+    let files: Vec<_> = manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File)
+        .map(|entry| {
+            let (store, tenant, path) = (store.clone(), tenant.clone(), dest.join(&entry.path));
+            let entry = entry.clone();
+            let seq = record.seq;
+            async move {
+                let damaged = |reason: String| StoreError::Damaged {
+                    tenant: tenant.to_string(),
+                    seq,
+                    path: entry.path.clone(),
+                    reason,
+                };
+                let mut content = Vec::with_capacity(entry.size as usize);
+                for chunk in &entry.chunks {
+                    match store.get_chunk(&tenant, chunk).await {
+                        Ok(piece) => content.extend(piece),
+                        Err(StoreError::Chunk(c)) => return Err(damaged(c.to_string())),
+                        Err(StoreError::NotFound(what)) => {
+                            return Err(damaged(format!("missing chunk ({what})")));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                let downloads = entry.chunks.iter().map(|c| {
-                    let (store, tenant, c) = (store.clone(), tenant.clone(), *c);
-                    async move { store.get_chunk(&tenant, &c).await }
-                });
-                let downloads: Vec<_> = downloads.collect();
-                let pieces: Vec<Vec<u8>> = futures_util::stream::iter(downloads)
-                    .buffered(concurrency.max(1))
-                    .try_collect()
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::Chunk(c) => StoreError::Damaged {
-                            tenant: tenant.to_string(),
-                            seq: record.seq,
-                            path: entry.path.clone(),
-                            reason: c.to_string(),
-                        },
-                        StoreError::NotFound(what) => StoreError::Damaged {
-                            tenant: tenant.to_string(),
-                            seq: record.seq,
-                            path: entry.path.clone(),
-                            reason: format!("missing chunk ({what})"),
-                        },
-                        e => e,
-                    })?;
-                std::fs::write(&path, pieces.concat())?;
-                // Times first, through the handle still writable; then the mode (never
-                // set-id bits from a manifest), which may make the file read-only.
-                let mtime =
-                    SystemTime::UNIX_EPOCH + Duration::from_nanos(entry.mtime_ns.max(0) as u64);
-                std::fs::File::options()
-                    .write(true)
-                    .open(&path)?
-                    .set_modified(mtime)?;
-                std::fs::set_permissions(
-                    &path,
-                    std::fs::Permissions::from_mode(entry.mode & 0o777),
-                )?;
+                write_file(&path, &content, &entry)
             }
-        }
+        })
+        .collect();
+    futures_util::stream::iter(files)
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    for entry in manifest.entries.iter().filter(|e| e.kind == Kind::Symlink) {
+        std::os::unix::fs::symlink(
+            entry.target.as_deref().unwrap_or_default(),
+            dest.join(&entry.path),
+        )?;
     }
     // Directory modes last, so a read-only directory does not block its own contents.
     for entry in manifest.entries.iter().filter(|e| e.kind == Kind::Dir) {
@@ -88,6 +81,23 @@ pub async fn materialize(
         )?;
     }
     Ok(manifest)
+}
+
+/// Writes a restored file: content, then times (through the handle still writable),
+/// then the mode (never set-id bits from a manifest), which may make it read-only.
+fn write_file(
+    path: &Path,
+    content: &[u8],
+    entry: &crate::manifest::Entry,
+) -> Result<(), StoreError> {
+    std::fs::write(path, content)?;
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(entry.mtime_ns.max(0) as u64);
+    std::fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(mtime)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode & 0o777))?;
+    Ok(())
 }
 
 /// The local state of a freshly materialized directory: its files' stat keys as
