@@ -8,11 +8,20 @@ use harness::Gateway;
 use warren_state::StateStore;
 
 fn probe_gateway(extra: &str) -> Gateway {
+    probe_gateway_with(extra, &[])
+}
+
+/// A gateway whose agent is the probe. Its directory is made visible in the sandboxes,
+/// wherever the checkout is (under `/tmp`, say, which sandboxes see as their own).
+fn probe_gateway_with(extra: &str, env: &[(&str, &str)]) -> Gateway {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/probe.py");
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents");
-    Gateway::start(&format!(
-        "{extra}\n[agent]\nkind = \"command\"\ncommand = [\"/usr/bin/python3\", \"{script}\"]\n[runtime]\nro_paths = [\"{dir}\"]\n"
-    ))
+    Gateway::start_with(
+        &format!(
+            "{extra}\n[agent]\nkind = \"command\"\ncommand = [\"/usr/bin/python3\", \"{script}\"]\n[runtime]\nro_paths = [\"{dir}\"]\n"
+        ),
+        env,
+    )
 }
 
 async fn ask(gw: &Gateway, user: &str, path: &str) -> serde_json::Value {
@@ -34,13 +43,7 @@ async fn a_sandbox_runs_unprivileged_with_nothing_of_the_gateways_in_its_environ
         ("AWS_ACCESS_KEY_ID", "AKIAISOLATIONTEST"),
         ("AWS_SECRET_ACCESS_KEY", "isolation-secret"),
     ];
-    let gw = Gateway::start_with(
-        &format!(
-            "[agent]\nkind = \"command\"\ncommand = [\"/usr/bin/python3\", \"{}\"]\n",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/probe.py")
-        ),
-        &env,
-    );
+    let gw = probe_gateway_with("", &env);
     let who = ask(&gw, "user_a", "/whoami").await;
     assert_eq!(who["uid"], 65534);
     assert_eq!(who["tenant"], "user_a");
