@@ -72,6 +72,8 @@ pub struct Sandbox {
     pub pid_start_ticks: u64,
     /// The first process inside the sandbox's own namespaces, if it has them.
     pub inner_pid: Option<u32>,
+    /// The `cgroup.procs` listing every process of the sandbox, if it has a cgroup.
+    pub cgroup_procs: Option<PathBuf>,
     pub workspace: PathBuf,
     /// Becomes `Some` once, when the sandbox has ended.
     pub exited: watch::Receiver<Option<Exit>>,

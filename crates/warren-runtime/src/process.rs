@@ -301,9 +301,13 @@ impl Runtime for ProcessRuntime {
             }
         };
         // Known now, while the namespace's first process surely lives.
-        let members = match inner_pid.and_then(pid_namespace) {
-            Some(ns) => Members::Namespace(ns),
-            None => Members::Group(pid),
+        let cgroup_procs = cgroup
+            .as_ref()
+            .and_then(|c| c.procs_files().into_iter().next());
+        let members = match (&cgroup_procs, inner_pid.and_then(pid_namespace)) {
+            (Some(procs), _) => Members::Cgroup(procs.clone()),
+            (None, Some(ns)) => Members::Namespace(ns),
+            (None, None) => Members::Group(pid),
         };
 
         let (tx, exited) = watch::channel(None);
@@ -346,6 +350,7 @@ impl Runtime for ProcessRuntime {
             pid,
             pid_start_ticks,
             inner_pid,
+            cgroup_procs,
             workspace,
             exited,
         })
@@ -381,7 +386,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn freeze(&self, sandbox: &Sandbox) -> Result<(), RuntimeError> {
-        freeze_members(Members::of(sandbox), FREEZE_TIMEOUT)
+        freeze_members(&Members::of(sandbox), FREEZE_TIMEOUT)
     }
 
     fn thaw(&self, sandbox: &Sandbox) {
@@ -393,12 +398,14 @@ impl Runtime for ProcessRuntime {
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which processes make up a sandbox.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Members {
     /// A process group (plain processes: a member that calls `setsid` escapes).
     Group(u32),
     /// Everything in a PID namespace, whatever its session or group.
     Namespace(u64),
+    /// Everything in a cgroup (its `cgroup.procs`): no walk of all of `/proc`.
+    Cgroup(PathBuf),
 }
 
 fn pid_namespace(pid: u32) -> Option<u64> {
@@ -410,6 +417,9 @@ fn pid_namespace(pid: u32) -> Option<u64> {
 
 impl Members {
     fn of(sandbox: &Sandbox) -> Self {
+        if let Some(procs) = &sandbox.cgroup_procs {
+            return Members::Cgroup(procs.clone());
+        }
         match sandbox.inner_pid.and_then(pid_namespace) {
             Some(ns) => Members::Namespace(ns),
             None => Members::Group(sandbox.pid),
@@ -417,7 +427,19 @@ impl Members {
     }
 
     /// Every member's pid and state letter, from `/proc`.
-    fn list(self) -> Vec<(u32, char)> {
+    fn list(&self) -> Vec<(u32, char)> {
+        if let Members::Cgroup(procs) = self {
+            let state = |pid: u32| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                stat[stat.rfind(')')? + 2..].chars().next()
+            };
+            return std::fs::read_to_string(procs)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .filter_map(|pid| Some((pid, state(pid)?)))
+                .collect();
+        }
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -427,15 +449,16 @@ impl Members {
                 let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
                 let state = fields.next()?.chars().next()?;
                 let member = match self {
-                    Members::Group(pgid) => fields.nth(1)?.parse::<u32>().ok()? == pgid,
-                    Members::Namespace(ns) => pid_namespace(pid) == Some(ns),
+                    Members::Group(pgid) => fields.nth(1)?.parse::<u32>().ok()? == *pgid,
+                    Members::Namespace(ns) => pid_namespace(pid) == Some(*ns),
+                    Members::Cgroup(_) => false,
                 };
                 member.then_some((pid, state))
             })
             .collect()
     }
 
-    fn signal(self, signal: Signal) {
+    fn signal(&self, signal: Signal) {
         for (pid, _) in self.list() {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
         }
@@ -446,7 +469,7 @@ impl Members {
 /// again to any that appeared meanwhile (a stopped process cannot fork, so this ends).
 /// Without the cgroup freezer this is the freezer: a stopped process is paused between
 /// system calls, so files are seen as they are between two writes.
-fn freeze_members(members: Members, timeout: Duration) -> Result<(), RuntimeError> {
+fn freeze_members(members: &Members, timeout: Duration) -> Result<(), RuntimeError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let running: Vec<u32> = members
