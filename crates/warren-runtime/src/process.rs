@@ -583,12 +583,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn freeze_stops_every_process_of_the_group_until_thaw() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = ProcessRuntime::new(dir.path());
-        // A parent and a child, both counting into files.
-        let script = "(while :; do echo x >> child; done) & while :; do echo x >> parent; done";
+    /// Runs `script` (which keeps appending to the files `writers`) as a sandbox of
+    /// `rt`, and checks that a freeze stops every writer until the thaw.
+    async fn assert_freeze_is_whole(rt: &ProcessRuntime, script: &str, writers: [&str; 2]) {
         let sandbox = rt.start(&spec("user_a", script)).await.unwrap();
         let _guard = KillOnDrop(sandbox.pid);
         let size = |name: &str| {
@@ -596,105 +593,78 @@ mod tests {
                 .map(|m| m.len())
                 .unwrap_or(0)
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while size("child") == 0 || size("parent") == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the writers never started"
-            );
-            tokio::task::yield_now().await;
-        }
+        let sizes = || writers.map(size);
+        let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::yield_now();
+            }
+        };
+        wait_until("the writers never started", &|| {
+            sizes().iter().all(|s| *s > 0)
+        });
         rt.freeze(&sandbox).unwrap();
-        let frozen = (size("child"), size("parent"));
-        // A stopped group makes no progress, however long we look.
+        let frozen = sizes();
+        // Frozen, no writer makes progress, however long we look.
         for _ in 0..200 {
             tokio::task::yield_now().await;
-            assert_eq!((size("child"), size("parent")), frozen);
+            assert_eq!(sizes(), frozen);
         }
         assert!(
             Members::of(&sandbox).list().iter().all(|(_, s)| *s == 'T'),
             "every member is stopped"
         );
         rt.thaw(&sandbox);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while (size("child"), size("parent")) == frozen {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the group never resumed"
-            );
-            tokio::task::yield_now().await;
-        }
+        wait_until("a writer never resumed", &|| {
+            sizes().iter().zip(frozen).all(|(now, then)| *now > then)
+        });
         rt.stop(&sandbox, Duration::from_millis(100)).await.unwrap();
     }
 
     #[tokio::test]
-    async fn a_namespaced_sandbox_freezes_whole_even_past_setsid() {
+    async fn freeze_stops_every_process_of_the_group_until_thaw() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "(while :; do echo x >> child; done) & while :; do echo x >> parent; done";
+        assert_freeze_is_whole(
+            &ProcessRuntime::new(dir.path()),
+            script,
+            ["child", "parent"],
+        )
+        .await;
+    }
+
+    fn namespaced(dir: &Path) -> ProcessRuntime {
         let bwrap = PathBuf::from("/usr/bin/bwrap");
         assert!(
             bwrap.exists(),
             "this test needs bubblewrap: apt-get install bubblewrap"
         );
+        ProcessRuntime::with_isolation(
+            dir,
+            Isolation::Namespaces {
+                bwrap,
+                uid: 65534,
+                agent_port: 8787,
+                ro_paths: vec![],
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_namespaced_sandbox_freezes_whole_even_past_setsid() {
         let dir = tempfile::tempdir().unwrap();
-        let isolation = Isolation::Namespaces {
-            bwrap,
-            uid: 65534,
-            agent_port: 8787,
-            ro_paths: vec![],
-        };
-        let rt = ProcessRuntime::with_isolation(dir.path(), isolation);
         // One writer leaves the process group with setsid; the freeze must still catch it.
         let script = "setsid sh -c 'while :; do echo x >> escaped; done' & while :; do echo x >> parent; done";
-        let sandbox = rt.start(&spec("user_a", script)).await.unwrap();
-        let _guard = KillOnDrop(sandbox.pid);
-        assert!(sandbox.inner_pid.is_some() && sandbox.endpoint.netns.is_some());
-        let size = |name: &str| {
-            std::fs::metadata(sandbox.workspace.join(name))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while size("escaped") == 0 || size("parent") == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the writers never started"
-            );
-            tokio::task::yield_now().await;
-        }
-        rt.freeze(&sandbox).unwrap();
-        let frozen = (size("escaped"), size("parent"));
-        for _ in 0..200 {
-            tokio::task::yield_now().await;
-            assert_eq!((size("escaped"), size("parent")), frozen);
-        }
-        rt.thaw(&sandbox);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while size("escaped") == frozen.0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the escaped writer never resumed"
-            );
-            tokio::task::yield_now().await;
-        }
-        rt.stop(&sandbox, Duration::from_millis(100)).await.unwrap();
+        assert_freeze_is_whole(&namespaced(dir.path()), script, ["escaped", "parent"]).await;
     }
 
     #[test]
     fn a_namespaced_sandbox_outlives_the_thread_that_started_it() {
         // The gateway starts sandboxes from whatever worker thread it is on, and those
         // threads come and go; a sandbox must not go with them.
-        let bwrap = PathBuf::from("/usr/bin/bwrap");
-        assert!(
-            bwrap.exists(),
-            "this test needs bubblewrap: apt-get install bubblewrap"
-        );
         let dir = tempfile::tempdir().unwrap();
-        let isolation = Isolation::Namespaces {
-            bwrap,
-            uid: 65534,
-            agent_port: 8787,
-            ro_paths: vec![],
-        };
-        let rt = Arc::new(ProcessRuntime::with_isolation(dir.path(), isolation));
+        let rt = Arc::new(namespaced(dir.path()));
         let rt2 = rt.clone();
         let sandbox = std::thread::spawn(move || {
             let local = tokio::runtime::Builder::new_current_thread()
