@@ -16,6 +16,11 @@ use warren_state::Transition;
 use crate::edge::{self, Edge};
 use crate::{Context, unix_ms};
 
+/// TCP keepalive on client connections: probes after this much silence...
+const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// ...then every this long, 3 times.
+const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long open connections get to finish after the sandboxes stopped.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -74,9 +79,16 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = edge::router(self.edge.clone());
-        // Small answers go out at once, not after Nagle's delay.
+        // Small answers go out at once, not after Nagle's delay; and a client that
+        // vanished without a FIN is found out within about 90 s, so its WebSocket stops
+        // holding its sandbox awake.
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(CLIENT_KEEPALIVE_IDLE)
+                .with_interval(CLIENT_KEEPALIVE_INTERVAL)
+                .with_retries(3);
+            let _ = socket2::SockRef::from(&*tcp).set_tcp_keepalive(&keepalive);
         });
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = accepting_stopped.await;
