@@ -3,7 +3,7 @@
 //! v2's `unified` mount holds no controllers), and the one fact a sandbox's end needs
 //! from them: was it killed for memory.
 //!
-//! A sandbox's cgroup is `warren/<tenant>-<generation>` under each controller's root.
+//! A sandbox's cgroup is `warren/<tenant>-<generation>-<gateway pid>` under each controller's root.
 //! The sandbox is placed in it before its first instruction (see `ProcessRuntime`), so
 //! every process it ever forks is counted.
 
@@ -70,7 +70,7 @@ fn write(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
 }
 
 impl Cgroup {
-    /// Creates the cgroup `warren/<name>` with `limits`.
+    /// Creates the cgroup `warren/<name>` with `limits`. Fails if it exists already.
     pub fn create(hierarchy: &Hierarchy, name: &str, limits: &Limits) -> std::io::Result<Self> {
         let quota = (limits.cpu_millis * CPU_PERIOD_US / 1000).max(1000);
         match hierarchy {
@@ -81,7 +81,8 @@ impl Cgroup {
                 write(root, "cgroup.subtree_control", "+memory +cpu +pids")?;
                 write(&parent, "cgroup.subtree_control", "+memory +cpu +pids")?;
                 let dir = parent.join(name);
-                std::fs::create_dir_all(&dir)?;
+                // A leaf is never shared: if it exists, something else owns it.
+                std::fs::create_dir(&dir)?;
                 write(&dir, "memory.max", &limits.memory_bytes.to_string())?;
                 // Swap would hide an overrun instead of ending it.
                 let _ = write(&dir, "memory.swap.max", "0");
@@ -100,7 +101,9 @@ impl Cgroup {
                     pids.join("warren").join(name),
                 );
                 for dir in [&m, &c, &p] {
-                    std::fs::create_dir_all(dir)?;
+                    // A leaf is never shared: if it exists, something else owns it.
+                    std::fs::create_dir_all(dir.parent().unwrap_or(dir))?;
+                    std::fs::create_dir(dir)?;
                 }
                 write(
                     &m,

@@ -232,7 +232,9 @@ impl Runtime for ProcessRuntime {
         // ever forks is counted: a shell writes its own pid, then becomes the sandbox.
         let cgroup = match (&self.cgroups, &spec.limits) {
             (Some(hierarchy), Some(limits)) => {
-                let name = format!("{}-{}", spec.tenant, spec.generation);
+                // Unique on the host: two gateways (an upgrade, tests) may both start
+                // the same tenant's generation number.
+                let name = format!("{}-{}-{}", spec.tenant, spec.generation, std::process::id());
                 let cgroup =
                     Cgroup::create(hierarchy, &name, limits).map_err(RuntimeError::Cgroup)?;
                 let procs = cgroup.procs_files();
@@ -309,6 +311,10 @@ impl Runtime for ProcessRuntime {
             (None, Some(ns)) => Members::Namespace(ns),
             (None, None) => Members::Group(pid),
         };
+        // Held open until the sandbox is gone, so its PID namespace's number cannot be
+        // given to another sandbox while this one's end may still signal it.
+        let pinned_pid_namespace =
+            inner_pid.and_then(|p| File::open(format!("/proc/{p}/ns/pid")).ok());
 
         let (tx, exited) = watch::channel(None);
         let tenant = spec.tenant.clone();
@@ -324,6 +330,7 @@ impl Runtime for ProcessRuntime {
             // (Not --die-with-parent, which would tie the sandbox to the gateway's
             // thread that started it, and sandboxes must outlive the gateway.)
             members.signal(Signal::SIGKILL);
+            drop(pinned_pid_namespace);
             if let Some(cgroup) = cgroup {
                 if cgroup.oom_killed() {
                     exit = Exit::OutOfMemory;
