@@ -73,7 +73,12 @@ async fn a_running_workspace_reaches_the_store_within_the_rpo_without_any_stop()
     // Now lose everything at once: the gateway and the agent, no final sync.
     let agent = gw.agent_pid("user_a").await;
     kill9(gw.pid());
-    kill9(agent);
+    // The whole sandbox (bubblewrap and what runs inside, one process group): with the
+    // gateway gone nothing else would end it.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let _ = gw.stop();
     wait_gone(agent, Duration::from_secs(5)).await;
 
