@@ -35,6 +35,9 @@ pub struct Config {
     pub instance_type: String,
     /// Idle time after which a sandbox is stopped; `never` keeps it warm.
     pub sleep_after: SleepAfter,
+    /// How long a client may take to send its request headers before its connection
+    /// is closed.
+    pub client_header_timeout: ConfigDuration,
     pub auth: AuthConfig,
     pub admission: AdmissionConfig,
     pub runtime: RuntimeConfig,
@@ -57,6 +60,7 @@ impl Default for Config {
             max_instances: 10,
             instance_type: "standard-4".into(),
             sleep_after: SleepAfter::Idle(Duration::from_secs(600)),
+            client_header_timeout: ConfigDuration(Duration::from_secs(30)),
             auth: AuthConfig::default(),
             admission: AdmissionConfig::default(),
             runtime: RuntimeConfig::default(),

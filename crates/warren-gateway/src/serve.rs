@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use warren_core::sandbox::{SandboxState, StopCause};
 use warren_runtime::process::process_start_ticks;
@@ -15,6 +14,9 @@ use warren_state::Transition;
 
 use crate::edge::{self, Edge};
 use crate::{Context, unix_ms};
+
+/// How long to wait before accepting again after `accept` failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// TCP keepalive on client connections: probes after this much silence...
 const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -79,21 +81,9 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = edge::router(self.edge.clone());
-        // Small answers go out at once, not after Nagle's delay; and a client that
-        // vanished without a FIN is found out within about 90 s, so its WebSocket stops
-        // holding its sandbox awake.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(CLIENT_KEEPALIVE_IDLE)
-                .with_interval(CLIENT_KEEPALIVE_INTERVAL)
-                .with_retries(3);
-            let _ = socket2::SockRef::from(&*tcp).set_tcp_keepalive(&keepalive);
-        });
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = accepting_stopped.await;
-        });
-        let server = tokio::spawn(async move { server.await });
+        let header_timeout = self.edge.ctx.config.client_header_timeout.0;
+        let server = accept(listener, app, header_timeout, accepting_stopped);
+        let server = tokio::spawn(server);
         let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
         let sweep = match self.edge.ctx.config.sweep.schedule.trim() {
             "" => None,
@@ -117,11 +107,71 @@ impl Gateway {
         let _ = stop_accepting.send(());
         self.edge.tenants.stop_all(StopCause::Shutdown).await;
         match tokio::time::timeout(DRAIN_DEADLINE, server).await {
-            Ok(result) => result??,
+            Ok(result) => result?,
             Err(_) => {
                 tracing::warn!("connections still open after the drain deadline; closing them")
             }
         }
         Ok(())
     }
+}
+
+/// Serves HTTP/1.1 (and upgrades) on `listener` until `stop`, then lets open
+/// connections finish their requests. A client gets `header_timeout` to send its request
+/// headers, or its connection is closed: a slow client cannot hold connections for free.
+async fn accept(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let (draining, _) = tokio::sync::watch::channel(false);
+    // Every connection holds a sender; when all are gone, every connection has ended.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors, say: let some connections end first.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        // Small answers go out at once, not after Nagle's delay; and a client that
+        // vanished without a FIN is found out within about 90 s, so its WebSocket stops
+        // holding its sandbox awake.
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(CLIENT_KEEPALIVE_IDLE)
+            .with_interval(CLIENT_KEEPALIVE_INTERVAL)
+            .with_retries(3);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service.clone())
+            .with_upgrades();
+        let (mut drain, open) = (draining.subscribe(), open.clone());
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    draining.send_replace(true);
+    drop(open);
+    let _ = all_closed.recv().await;
 }

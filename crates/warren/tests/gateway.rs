@@ -609,3 +609,23 @@ async fn a_broken_websocket_handshake_gets_400_not_a_sandbox_error() {
     assert_eq!(reply.status, 400, "{}", reply.body);
     assert_eq!(reply.code(), "bad_request");
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start("client_header_timeout = \"1s\"");
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\n")
+        .await
+        .unwrap();
+    // No blank line ever comes: the gateway must give up on this connection.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was still open after 15 s");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "a half request was served"
+    );
+    // Everyone else is served as usual.
+    assert_eq!(gw.get("/healthz").await.status, 200);
+}
