@@ -69,15 +69,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 block[i] = 1
             return self.answer({"allocated_mb": int(q["mb"])})
         if url.path == "/threads":
-            started, stop = 0, threading.Event()
+            threads, stop = [], threading.Event()
             try:
                 for _ in range(int(q["n"])):
-                    threading.Thread(target=stop.wait, daemon=True).start()
-                    started += 1
+                    t = threading.Thread(target=stop.wait, daemon=True)
+                    t.start()
+                    threads.append(t)
             except RuntimeError:
                 pass
             stop.set()
-            return self.answer({"started": started})
+            # Gone before the answer, so the next request can have a thread again.
+            for t in threads:
+                t.join()
+            return self.answer({"started": len(threads)})
         if url.path == "/burn":
             cpu, end = time.process_time(), time.monotonic() + int(q["ms"]) / 1000
             while time.monotonic() < end:
