@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use rand::RngCore;
-use warren_core::Secret;
 use warren_core::config::{Config, S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV, StoreKind};
 use warren_core::layout::Layout;
+use warren_core::{Secret, TenantId};
 use warren_store::retention::RetentionPolicy;
 use warren_store::{S3Options, Store, SyncEngine, SyncSettings};
 
@@ -137,6 +137,11 @@ pub fn sync_engine(config: &Config, writer: &str) -> anyhow::Result<Arc<SyncEngi
         settings,
         writer.to_owned(),
     ))
+}
+
+/// A tenant (user) id from the command line, checked as the gateway checks it.
+pub fn parse_tenant(raw: &str) -> Result<TenantId, String> {
+    TenantId::parse(raw).map_err(|e| format!("invalid user id {raw:?}: {e}"))
 }
 
 /// A name for this process in snapshot records: what, where, and which run.

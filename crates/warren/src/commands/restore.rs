@@ -6,12 +6,13 @@ use http::Method;
 use warren_core::TenantId;
 
 use crate::admin_api::{Target, block_on, call};
-use crate::settings::{sync_engine, writer_id};
+use crate::settings::{parse_tenant, sync_engine, writer_id};
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["snapshot", "at"])))]
 pub struct Args {
-    tenant: String,
+    #[arg(value_parser = parse_tenant)]
+    tenant: TenantId,
     /// The snapshot's sequence number (see `warren snapshots`).
     #[arg(long, value_name = "SEQ")]
     snapshot: Option<u64>,
@@ -37,8 +38,7 @@ fn parse_time(raw: &str) -> anyhow::Result<u64> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let tenant = TenantId::parse(&args.tenant)
-        .map_err(|e| anyhow::anyhow!("invalid tenant id {:?}: {e}", args.tenant))?;
+    let tenant = args.tenant;
     let at_ms = args.at.as_deref().map(parse_time).transpose()?;
     let config = args.target.config.load()?;
     block_on(async {

@@ -4,12 +4,13 @@ use http::Method;
 use warren_core::TenantId;
 
 use crate::admin_api::{Target, block_on, call, human_bytes};
-use crate::settings::{sync_engine, writer_id};
+use crate::settings::{parse_tenant, sync_engine, writer_id};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The tenant (user) id.
-    tenant: String,
+    #[arg(value_parser = parse_tenant)]
+    tenant: TenantId,
     #[command(flatten)]
     target: Target,
 }
@@ -30,8 +31,7 @@ fn print(tenant: &str, v: &serde_json::Value) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let tenant = TenantId::parse(&args.tenant)
-        .map_err(|e| anyhow::anyhow!("invalid tenant id {:?}: {e}", args.tenant))?;
+    let tenant = args.tenant;
     let config = args.target.config.load()?;
     block_on(async {
         if args.target.offline {

@@ -3,16 +3,16 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use warren_core::TenantId;
 use warren_core::auth::Signer;
 
-use crate::settings::{ConfigArgs, signing_secret};
+use crate::settings::{ConfigArgs, parse_tenant, signing_secret};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The user (tenant) id, such as `user_2abc`.
-    user_id: String,
+    #[arg(value_parser = parse_tenant)]
+    user_id: TenantId,
     /// Seconds until the URL expires (default: `auth.token_ttl`, 24 h).
     #[arg(long, value_name = "SECS")]
     ttl: Option<u64>,
@@ -24,8 +24,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let tenant = TenantId::parse(&args.user_id)
-        .with_context(|| format!("invalid user id {:?}", args.user_id))?;
+    let tenant = args.user_id;
     let config = args.config.load()?;
     let signer = Signer::new(signing_secret(&config)?.expose().as_bytes());
     let ttl = args
