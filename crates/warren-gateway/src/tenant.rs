@@ -909,6 +909,7 @@ async fn start_sandbox(
             pids: t.pids,
         }),
         env: Vec::new(),
+        network: Default::default(),
     };
     let failed = |m: String| ApiError::new(ErrorCode::SandboxStartFailed, m).retry_after(1);
     let sandbox = ctx

@@ -21,6 +21,7 @@ pub mod process;
 pub use netns::{Connector, Endpoint};
 pub use process::{Isolation, ProcessRuntime};
 
+
 /// What to run for one tenant.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
@@ -34,6 +35,18 @@ pub struct SandboxSpec {
     /// The only environment the agent sees, besides what the runtime adds
     /// (`WARREN_TENANT_ID`, `WARREN_WORKSPACE`, `WARREN_AGENT_ADDR`, `HOME`, `PATH`).
     pub env: Vec<(String, String)>,
+    /// Whether the agent may open connections beyond its own loopback.
+    pub network: Network,
+}
+
+/// What a sandbox's network reaches. The gateway reaches the agent either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    /// Its own loopback and nothing else.
+    #[default]
+    LoopbackOnly,
+    /// The outside world too (NAT through the host), but never the host's loopback.
+    Outbound,
 }
 
 /// How a sandbox ended.

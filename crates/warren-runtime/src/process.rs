@@ -519,6 +519,7 @@ mod tests {
             command: vec!["/bin/sh".into(), "-c".into(), script.into()],
             limits: None,
             env: vec![("AGENT_TOKEN".into(), "t".into())],
+            network: Default::default(),
         }
     }
 

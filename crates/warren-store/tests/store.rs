@@ -660,6 +660,7 @@ async fn sqlite_in_wal_mode_never_restores_torn_while_its_writer_runs() {
         command: vec!["/usr/bin/python3".into(), "-c".into(), SQLITE_WRITER.into()],
         limits: None,
         env: vec![],
+        network: Default::default(),
     };
     let sandbox = runtime.start(&spec).await.unwrap();
     // Stopped however the test ends: a leaked writer would fill the disk.
