@@ -53,6 +53,25 @@ impl Hierarchy {
             && pids.exists())
         .then_some(Hierarchy::V1 { memory, cpu, pids })
     }
+
+    /// The `cgroup.procs` of the cgroup process `pid` is in (its pids controller's, on
+    /// v1): every process of a container, whoever made its cgroup.
+    pub fn procs_file_of(&self, pid: u32) -> Option<PathBuf> {
+        let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let (base, wanted) = match self {
+            Hierarchy::V2 { root } => (root, None),
+            Hierarchy::V1 { pids, .. } => (pids, Some("pids")),
+        };
+        listing.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let matches = match wanted {
+                None => controllers.is_empty(),
+                Some(c) => controllers.split(',').any(|x| x == c),
+            };
+            matches.then(|| base.join(path.trim_start_matches('/')).join("cgroup.procs"))
+        })
+    }
 }
 
 /// One sandbox's cgroup (one directory per controller on v1).

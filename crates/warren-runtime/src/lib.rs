@@ -15,12 +15,13 @@ use tokio::sync::watch;
 use warren_core::TenantId;
 
 pub mod cgroup;
+pub mod docker;
 pub mod netns;
 pub mod process;
 
+pub use docker::{DockerOptions, DockerRuntime};
 pub use netns::{Connector, Endpoint};
 pub use process::{Isolation, ProcessRuntime};
-
 
 /// What to run for one tenant.
 #[derive(Debug, Clone)]
@@ -87,6 +88,8 @@ pub struct Sandbox {
     pub inner_pid: Option<u32>,
     /// The `cgroup.procs` listing every process of the sandbox, if it has a cgroup.
     pub cgroup_procs: Option<PathBuf>,
+    /// The container's id, for a container runtime.
+    pub container: Option<String>,
     pub workspace: PathBuf,
     /// Becomes `Some` once, when the sandbox has ended.
     pub exited: watch::Receiver<Option<Exit>>,
@@ -123,6 +126,8 @@ pub enum RuntimeError {
     Signal(nix::Error),
     #[error("cannot set up the sandbox's cgroup: {0}")]
     Cgroup(std::io::Error),
+    #[error("the container engine: {0}")]
+    Engine(String),
     #[error("the sandbox did not stop within {0:?}")]
     FreezeTimeout(Duration),
 }

@@ -124,7 +124,7 @@ fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32, ro_paths: &[PathBuf])
 }
 
 /// Hands the workspace to the sandbox's user (files a restore wrote are root's).
-fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
+pub(crate) fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(root)?;
     if meta.uid() != uid || meta.gid() != uid {
@@ -358,6 +358,7 @@ impl Runtime for ProcessRuntime {
             pid_start_ticks,
             inner_pid,
             cgroup_procs,
+            container: None,
             workspace,
             exited,
         })
@@ -393,12 +394,22 @@ impl Runtime for ProcessRuntime {
     }
 
     fn freeze(&self, sandbox: &Sandbox) -> Result<(), RuntimeError> {
-        freeze_members(&Members::of(sandbox), FREEZE_TIMEOUT)
+        freeze(sandbox)
     }
 
     fn thaw(&self, sandbox: &Sandbox) {
-        Members::of(sandbox).signal(Signal::SIGCONT);
+        thaw(sandbox)
     }
+}
+
+/// Stops every process of `sandbox` (see `freeze_members`).
+pub(crate) fn freeze(sandbox: &Sandbox) -> Result<(), RuntimeError> {
+    freeze_members(&Members::of(sandbox), FREEZE_TIMEOUT)
+}
+
+/// Lets every process of a frozen `sandbox` run again.
+pub(crate) fn thaw(sandbox: &Sandbox) {
+    Members::of(sandbox).signal(Signal::SIGCONT);
 }
 
 /// How long a freeze may take before it is given up.

@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 use warren_core::auth::Signer;
 use warren_core::config::{AgentKind, Config, IsolationKind, LogFormat, RuntimeKind, StateKind};
 use warren_gateway::{Context, Gateway, Services};
-use warren_runtime::{Isolation, ProcessRuntime, Runtime};
+use warren_runtime::{DockerOptions, DockerRuntime, Isolation, ProcessRuntime, Runtime};
 use warren_state::{SqliteStore, StateStore};
 
 use crate::settings::{ConfigArgs, admin_token, signing_secret, sync_engine, writer_id};
@@ -62,9 +62,16 @@ fn isolation(config: &Config) -> anyhow::Result<Isolation> {
     }
 }
 
-/// The agent command each sandbox runs.
+/// Open files and processes a container may have: within what Podman may grant on a
+/// host whose own limits are low (its defaults fail there with EPERM).
+const CONTAINER_NOFILE: u64 = 20_000;
+const CONTAINER_NPROC: u64 = 32_768;
+
+/// The agent command each sandbox runs (for containers: inside the image; empty: the
+/// image's own).
 fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
     match config.agent.kind {
+        AgentKind::Echo if config.runtime.kind == RuntimeKind::Docker => Ok(Vec::new()),
         AgentKind::Echo => {
             let exe = std::env::current_exe().context("cannot find the warren executable")?;
             Ok(vec![
@@ -119,6 +126,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             &config.data_dir,
             isolation(&config)?,
         )),
+        RuntimeKind::Docker => {
+            let r = &config.runtime;
+            let options = DockerOptions {
+                socket: r.socket.clone(),
+                image: r.image.clone(),
+                uid: r.sandbox_uid,
+                agent_port: r.agent_port,
+                outbound_network: r.outbound_network.clone(),
+                nofile: CONTAINER_NOFILE,
+                nproc: CONTAINER_NPROC,
+            };
+            Arc::new(DockerRuntime::connect(&config.data_dir, options).await?)
+        }
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
