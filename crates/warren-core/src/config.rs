@@ -6,14 +6,21 @@
 //! environment first (`WARREN_SIGNING_SECRET`), then the file; callers pass the
 //! environment in as a function so tests never touch the real one.
 //!
+//! A sandbox's instance type and network come from the tenant's own `[tenants.<id>]`
+//! table, else from its `[tiers.<name>]`, else from the top level; see
+//! [`Config::sandbox_profile`]. Instance type names and tenant ids are checked as the
+//! file is parsed, references to tiers by `validate`.
+//!
 //! `docs/config.md` is the reference of every key; keep the two in step.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::TenantId;
 use crate::duration::{ConfigDuration, SleepAfter};
 use crate::secret::Secret;
 
@@ -31,8 +38,11 @@ pub struct Config {
     pub public_url: Option<String>,
     /// How many sandboxes may run at once.
     pub max_instances: usize,
-    /// The size every sandbox gets (see [`INSTANCE_TYPES`]).
-    pub instance_type: String,
+    /// The size a sandbox gets unless its tenant or tier says otherwise (see
+    /// [`INSTANCE_TYPES`]).
+    pub instance_type: &'static InstanceType,
+    /// What a sandbox's network reaches unless its tenant or tier says otherwise.
+    pub network: NetworkAccess,
     /// Idle time after which a sandbox is stopped; `never` keeps it warm.
     pub sleep_after: SleepAfter,
     /// How long a client may take to send its request headers before its connection
@@ -49,6 +59,10 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// Named sets of sandbox settings that tenants refer to by `tier`.
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// One tenant's own settings, which win over its tier's.
+    pub tenants: BTreeMap<TenantId, TenantConfig>,
 }
 
 impl Default for Config {
@@ -58,7 +72,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./warren-data"),
             public_url: None,
             max_instances: 10,
-            instance_type: "standard-4".into(),
+            instance_type: InstanceType::named("standard-4").expect("a built-in instance type"),
+            network: NetworkAccess::None,
             sleep_after: SleepAfter::Idle(Duration::from_secs(600)),
             client_header_timeout: ConfigDuration(Duration::from_secs(30)),
             auth: AuthConfig::default(),
@@ -72,8 +87,48 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            tiers: BTreeMap::new(),
+            tenants: BTreeMap::new(),
         }
     }
+}
+
+/// What a sandbox's network reaches. The gateway reaches the agent either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkAccess {
+    /// Its own loopback and nothing else.
+    None,
+    /// The outside world too.
+    Outbound,
+}
+
+/// `[tiers.<name>]`: settings shared by the tenants of a tier. Unset keys fall back to
+/// the top level.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierConfig {
+    pub instance_type: Option<&'static InstanceType>,
+    pub network: Option<NetworkAccess>,
+}
+
+/// `[tenants.<id>]`: one tenant's settings. Unset keys fall back to its tier, then to
+/// the top level.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// A key of `[tiers]`.
+    pub tier: Option<String>,
+    pub instance_type: Option<&'static InstanceType>,
+    pub network: Option<NetworkAccess>,
+}
+
+/// What one tenant's sandbox gets, resolved from its own settings, its tier's and the
+/// top level's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SandboxProfile {
+    pub instance_type: &'static InstanceType,
+    pub network: NetworkAccess,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +473,34 @@ pub const INSTANCE_TYPES: [InstanceType; 6] = [
     },
 ];
 
+impl InstanceType {
+    pub fn named(name: &str) -> Option<&'static InstanceType> {
+        INSTANCE_TYPES.iter().find(|t| t.name == name)
+    }
+}
+
+/// An instance type is written as its name; an unknown name is refused with the known ones.
+impl<'de> Deserialize<'de> for &'static InstanceType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        InstanceType::named(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown instance type {name:?}; known: {}",
+                known(INSTANCE_TYPES.iter().map(|t| t.name))
+            ))
+        })
+    }
+}
+
+/// Names joined for an error message.
+fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<_> = names.collect();
+    if names.is_empty() {
+        return "none".into();
+    }
+    names.join(", ")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -471,13 +554,15 @@ impl Config {
         if self.max_instances == 0 {
             return invalid("max_instances must be at least 1".into());
         }
-        if self.instance_type().is_none() {
-            let names: Vec<_> = INSTANCE_TYPES.iter().map(|t| t.name).collect();
-            return invalid(format!(
-                "unknown instance_type {:?}; known: {}",
-                self.instance_type,
-                names.join(", ")
-            ));
+        for (tenant, settings) in &self.tenants {
+            if let Some(tier) = &settings.tier
+                && !self.tiers.contains_key(tier)
+            {
+                return invalid(format!(
+                    "tenants.{tenant}.tier: unknown tier {tier:?}; known: {}",
+                    known(self.tiers.keys().map(String::as_str))
+                ));
+            }
         }
         if self.auth.cookie_name.is_empty()
             || !self
@@ -536,8 +621,23 @@ impl Config {
         Ok(())
     }
 
-    pub fn instance_type(&self) -> Option<&'static InstanceType> {
-        INSTANCE_TYPES.iter().find(|t| t.name == self.instance_type)
+    /// The instance type and network of `tenant`'s sandbox: each from the tenant's own
+    /// settings, else from its tier's, else from the top level.
+    pub fn sandbox_profile(&self, tenant: &TenantId) -> SandboxProfile {
+        let own = self.tenants.get(tenant);
+        let tier = own
+            .and_then(|t| t.tier.as_ref())
+            .and_then(|name| self.tiers.get(name));
+        SandboxProfile {
+            instance_type: own
+                .and_then(|t| t.instance_type)
+                .or(tier.and_then(|t| t.instance_type))
+                .unwrap_or(self.instance_type),
+            network: own
+                .and_then(|t| t.network)
+                .or(tier.and_then(|t| t.network))
+                .unwrap_or(self.network),
+        }
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -576,7 +676,8 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("./warren-data"));
         assert_eq!(c.max_instances, 10);
-        assert_eq!(c.instance_type().unwrap().memory_mib, 12288);
+        assert_eq!(c.instance_type.memory_mib, 12288);
+        assert_eq!(c.network, NetworkAccess::None);
         assert!(c.sleep_after == SleepAfter::Idle(Duration::from_secs(600)));
         c.validate().unwrap();
     }
@@ -589,7 +690,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.max_instances, 2);
-        assert_eq!(c.instance_type().unwrap().name, "lite");
+        assert_eq!(c.instance_type.name, "lite");
         assert!(c.sleep_after == SleepAfter::Never);
         assert_eq!(c.admission.queue_timeout.0, Duration::from_secs(2));
     }
@@ -610,10 +711,71 @@ mod tests {
                 .contains("never")
         );
         assert!(Config::parse("sleep_after = \"0s\"").is_err());
-        let c = Config::parse("instance_type = \"huge\"").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("huge"));
+        let err = Config::parse("instance_type = \"huge\"").unwrap_err();
+        assert!(
+            err.contains("\"huge\"") && err.contains("standard-4"),
+            "{err}"
+        );
+        assert!(Config::parse("network = \"some\"").is_err());
         let c = Config::parse("max_instances = 0").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    fn tenant(id: &str) -> TenantId {
+        TenantId::parse(id).unwrap()
+    }
+
+    #[test]
+    fn a_tenant_beats_its_tier_and_a_tier_beats_the_top_level() {
+        let c = Config::parse(
+            "instance_type = \"standard-1\"\nnetwork = \"none\"\n\
+             [tiers.pro]\ninstance_type = \"standard-2\"\nnetwork = \"outbound\"\n\
+             [tiers.empty]\n\
+             [tenants.alice]\ntier = \"pro\"\ninstance_type = \"lite\"\n\
+             [tenants.bob]\ntier = \"pro\"\nnetwork = \"none\"\n\
+             [tenants.carol]\ntier = \"empty\"\n\
+             [tenants.dave]\nnetwork = \"outbound\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let profile = |id: &str| {
+            let p = c.sandbox_profile(&tenant(id));
+            (p.instance_type.name, p.network)
+        };
+        assert_eq!(profile("alice"), ("lite", NetworkAccess::Outbound));
+        assert_eq!(profile("bob"), ("standard-2", NetworkAccess::None));
+        assert_eq!(profile("carol"), ("standard-1", NetworkAccess::None));
+        assert_eq!(profile("dave"), ("standard-1", NetworkAccess::Outbound));
+        assert_eq!(profile("erin"), ("standard-1", NetworkAccess::None));
+    }
+
+    #[test]
+    fn unknown_instance_types_tiers_and_bad_tenant_ids_are_refused() {
+        for text in [
+            "[tiers.pro]\ninstance_type = \"huge\"",
+            "[tenants.alice]\ninstance_type = \"huge\"",
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains("unknown instance type \"huge\""), "{err}");
+        }
+        let err = Config::parse("[tenants.\"a/b\"]\nnetwork = \"none\"").unwrap_err();
+        assert!(
+            err.contains("\"a/b\"") && err.contains("tenant id"),
+            "{err}"
+        );
+        let err = Config::parse("[tenants.\".hidden\"]").unwrap_err();
+        assert!(err.contains("tenant id"), "{err}");
+        let err = Config::parse("[tiers.pro]\nsleep_after = \"1m\"").unwrap_err();
+        assert!(err.contains("sleep_after"), "{err}");
+        let err = Config::parse("[tenants.alice]\ntire = \"pro\"").unwrap_err();
+        assert!(err.contains("tire"), "{err}");
+
+        let c = Config::parse("[tiers.pro]\n[tenants.alice]\ntier = \"gold\"").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("tenants.alice.tier") && err.contains("\"gold\"") && err.contains("pro"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -54,6 +54,14 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// A tenant id in a config file (a `[tenants.<id>]` key) passes the same check.
+impl<'de> serde::Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        TenantId::parse(&raw).map_err(|e| serde::de::Error::custom(format!("{raw:?}: {e}")))
+    }
+}
+
 impl fmt::Debug for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TenantId({})", self.0)

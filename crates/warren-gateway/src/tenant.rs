@@ -22,11 +22,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use warren_core::config::NetworkAccess;
 use warren_core::duration::SleepAfter;
 use warren_core::sandbox::{SandboxState, StopCause};
 use warren_core::{ErrorCode, TenantId};
 use warren_runtime::cgroup::Limits;
-use warren_runtime::{Exit, Sandbox, SandboxSpec};
+use warren_runtime::{Exit, Network, Sandbox, SandboxSpec};
 use warren_state::{SandboxIdentity, Transition};
 use warren_store::engine::Watch;
 use warren_store::{Freeze, SyncStatus};
@@ -45,6 +46,10 @@ pub struct Status {
     pub since_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_stop: Option<LastStop>,
+    /// The size the tenant's sandbox gets.
+    pub instance_type: &'static str,
+    /// What its network reaches: `none` (loopback only) or `outbound`.
+    pub network: NetworkAccess,
     /// How the workspace stands with the store.
     pub sync: SyncStatus,
 }
@@ -318,12 +323,15 @@ impl Tenants {
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let sync = self.ctx.sync.status(tenant);
+        let profile = self.ctx.config.sandbox_profile(tenant);
         Ok(match record {
             None => Status {
                 tenant: tenant.to_string(),
                 state: SandboxState::Asleep,
                 since_ms: 0,
                 last_stop: None,
+                instance_type: profile.instance_type.name,
+                network: profile.network,
                 sync,
             },
             Some(r) => Status {
@@ -336,6 +344,8 @@ impl Tenants {
                     at_ms,
                     detail: r.detail.clone(),
                 }),
+                instance_type: profile.instance_type.name,
+                network: profile.network,
                 sync,
             },
         })
@@ -350,11 +360,14 @@ impl Tenants {
 
 fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let profile = ctx.config.sandbox_profile(&tenant);
     let status = Status {
         tenant: tenant.to_string(),
         state: SandboxState::Asleep,
         since_ms: unix_ms(),
         last_stop: None,
+        instance_type: profile.instance_type.name,
+        network: profile.network,
         sync: SyncStatus::default(),
     };
     let shared = Arc::new(Shared {
@@ -899,17 +912,22 @@ async fn start_sandbox(
         .retry_after(5)
     })?;
     let t2 = Instant::now();
+    let profile = ctx.config.sandbox_profile(handle.tenant());
+    let size = profile.instance_type;
     let spec = SandboxSpec {
         tenant: handle.tenant().clone(),
         generation,
         command: ctx.agent_command.clone(),
-        limits: ctx.config.instance_type().map(|t| Limits {
-            memory_bytes: t.memory_mib << 20,
-            cpu_millis: (t.vcpu * 1000.0).round() as u64,
-            pids: t.pids,
+        limits: Some(Limits {
+            memory_bytes: size.memory_mib << 20,
+            cpu_millis: (size.vcpu * 1000.0).round() as u64,
+            pids: size.pids,
         }),
         env: Vec::new(),
-        network: Default::default(),
+        network: match profile.network {
+            NetworkAccess::None => Network::LoopbackOnly,
+            NetworkAccess::Outbound => Network::Outbound,
+        },
     };
     let failed = |m: String| ApiError::new(ErrorCode::SandboxStartFailed, m).retry_after(1);
     let sandbox = ctx

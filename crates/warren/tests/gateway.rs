@@ -329,6 +329,41 @@ async fn status_reports_without_starting_and_health_needs_no_credentials() {
 }
 
 #[tokio::test]
+async fn status_shows_each_tenants_own_instance_type_and_network() {
+    let gw = Gateway::start(
+        "instance_type = \"basic\"\n\
+         [tiers.pro]\ninstance_type = \"standard-1\"\nnetwork = \"outbound\"\n\
+         [tenants.user_b]\ninstance_type = \"lite\"\n\
+         [tenants.user_c]\ntier = \"pro\"\n",
+    );
+    let profile = |status: serde_json::Value| {
+        (
+            status["instance_type"].as_str().unwrap().to_owned(),
+            status["network"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(
+        profile(gw.status("user_a").await),
+        ("basic".into(), "none".into())
+    );
+    assert_eq!(
+        profile(gw.status("user_b").await),
+        ("lite".into(), "none".into())
+    );
+    assert_eq!(
+        profile(gw.status("user_c").await),
+        ("standard-1".into(), "outbound".into())
+    );
+    // The same once the tenant has an actor (a running sandbox).
+    gw.get_as("user_b", "/api/history").await;
+    assert_eq!(gw.state("user_b").await, "ready");
+    assert_eq!(
+        profile(gw.status("user_b").await),
+        ("lite".into(), "none".into())
+    );
+}
+
+#[tokio::test]
 async fn an_idle_sandbox_sleeps_and_wakes_with_its_workspace() {
     let gw = Gateway::start("sleep_after = \"1s\"");
     let mut ws = gw.ws("user_a").await;
