@@ -176,6 +176,8 @@ impl Default for AdmissionConfig {
 pub enum RuntimeKind {
     /// Sandboxes are process trees on this machine.
     Process,
+    /// Sandboxes are containers, through the Docker Engine API (Docker or Podman).
+    Docker,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +199,12 @@ pub struct RuntimeConfig {
     pub start_timeout: ConfigDuration,
     /// How long a stopping agent gets between SIGTERM and SIGKILL.
     pub stop_grace: ConfigDuration,
+    /// For `docker`: the engine's API socket.
+    pub socket: PathBuf,
+    /// For `docker`: the agent's image, which must be there (it is never pulled).
+    pub image: String,
+    /// For `docker`: the network mode of sandboxes allowed outbound connections.
+    pub outbound_network: String,
 }
 
 impl Default for RuntimeConfig {
@@ -209,6 +217,9 @@ impl Default for RuntimeConfig {
             ro_paths: Vec::new(),
             start_timeout: ConfigDuration(Duration::from_secs(60)),
             stop_grace: ConfigDuration(Duration::from_secs(5)),
+            socket: PathBuf::from("/var/run/docker.sock"),
+            image: "localhost/warren-echo:latest".into(),
+            outbound_network: "bridge".into(),
         }
     }
 }
@@ -583,7 +594,11 @@ impl Config {
         {
             return invalid("the signing secret must be at least 16 bytes".into());
         }
-        if self.agent.kind == AgentKind::Command && self.agent.command.is_empty() {
+        // A container runs its image's own command when none is given.
+        if self.agent.kind == AgentKind::Command
+            && self.agent.command.is_empty()
+            && self.runtime.kind != RuntimeKind::Docker
+        {
             return invalid("agent.command is required when agent.kind = \"command\"".into());
         }
         if self.runtime.isolation == IsolationKind::Namespaces

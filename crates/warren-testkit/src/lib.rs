@@ -159,3 +159,75 @@ async fn pipe(
         }
     }
 }
+
+/// Podman's Docker-compatible API (`podman system service`) on a socket of its own,
+/// stopped on drop. Containers it made outlive it (they belong to Podman's storage, not
+/// to the service); the tests' gateways remove their own.
+pub struct Podman {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub socket: std::path::PathBuf,
+}
+
+/// How to get Podman where it is missing.
+const INSTALL_PODMAN: &str = "install it with `apt-get install podman runc catatonit` and set \
+     `runtime = \"runc\"` in /etc/containers/containers.conf.d/ (scripts/test does both)";
+
+impl Podman {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("podman.sock");
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run podman ({e}): {INSTALL_PODMAN}"));
+        let podman = Self {
+            child,
+            _dir: dir,
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&podman.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "podman system service did not listen within 30 s"
+            );
+            std::thread::sleep(POLL);
+        }
+        podman
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds an image with `scripts/build-image` (its arguments), once per test process
+/// and tag: later calls with the same tag return at once.
+pub fn build_image(tag: &str, entrypoint: &str, paths: &[&str]) {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.iter().any(|t| t == tag) {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/build-image");
+    let out = Command::new(script)
+        .arg(tag)
+        .arg(entrypoint)
+        .args(paths)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {tag} failed: {}\n{INSTALL_PODMAN}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    built.push(tag.to_owned());
+}
