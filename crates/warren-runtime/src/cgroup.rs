@@ -165,12 +165,93 @@ impl Cgroup {
         })
     }
 
-    /// Removes the cgroup, once its processes are gone. Returns whether it is gone.
+    /// Removes the cgroup, once its processes are gone, with any empty cgroups a
+    /// container engine made inside it. Returns whether it is gone.
     pub fn remove(&self) -> bool {
-        self.dirs.iter().all(|dir| match std::fs::remove_dir(dir) {
+        let gone = |r: std::io::Result<()>| match r {
             Ok(()) => true,
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        self.dirs.iter().all(|dir| {
+            if let Ok(children) = std::fs::read_dir(dir) {
+                for child in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+            }
+            gone(std::fs::remove_dir(dir))
         })
+    }
+
+    /// Removes, on v1, the directories of this cgroup's path that a container engine
+    /// made under the controllers warren does not use (freezer, devices, ...).
+    pub fn remove_engine_dirs(&self) {
+        if self.v2 {
+            return;
+        }
+        let name = self.relative_path();
+        let Some(base) = self.memory.ancestors().nth(3) else {
+            return;
+        };
+        for controller in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            let dir = controller.path().join(name.trim_start_matches('/'));
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for child in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+
+    /// The path of this cgroup below each controller's root, e.g. `/warren/<name>`: a
+    /// container engine's cgroup parent.
+    pub fn relative_path(&self) -> String {
+        let name = self
+            .memory
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        format!("/warren/{name}")
+    }
+
+    /// Lets cgroups inside this one use its controllers (v2; v1 needs nothing).
+    pub fn delegate(&self) -> std::io::Result<()> {
+        if self.v2 {
+            write(&self.memory, "cgroup.subtree_control", "+memory +cpu +pids")?;
+        }
+        Ok(())
+    }
+
+    /// From now on, counts OOM kills in this cgroup and in cgroups inside it. v2's
+    /// `memory.events` counts the whole subtree already; v1 counts a kill only in the
+    /// victim's own cgroup, so an eventfd registered here hears of it instead.
+    pub fn watch_oom(&self) -> std::io::Result<OomWatch> {
+        if self.v2 {
+            return Ok(OomWatch(None));
+        }
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use std::os::fd::AsRawFd;
+        let control = std::fs::File::open(self.memory.join("memory.oom_control"))?;
+        let events =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        write(
+            &self.memory,
+            "cgroup.event_control",
+            &format!("{} {}", events.as_raw_fd(), control.as_raw_fd()),
+        )?;
+        Ok(OomWatch(Some((events, control))))
+    }
+}
+
+/// An OOM listener on a v1 cgroup (see `Cgroup::watch_oom`).
+pub struct OomWatch(Option<(nix::sys::eventfd::EventFd, std::fs::File)>);
+
+impl OomWatch {
+    /// Whether an OOM was heard (v1), or `None` where the cgroup's own count says (v2).
+    /// Read before the cgroup is removed: its removal is heard too.
+    pub fn heard(&self) -> Option<bool> {
+        let (events, _) = self.0.as_ref()?;
+        Some(events.read().is_ok_and(|n| n > 0))
     }
 }
 

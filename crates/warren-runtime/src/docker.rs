@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use warren_core::TenantId;
 use warren_core::layout::Layout;
 
-use crate::cgroup::Hierarchy;
+use crate::cgroup::{Cgroup, Hierarchy, OomWatch};
 use crate::netns::{Connector, Endpoint};
 use crate::process::process_start_ticks;
 use crate::{Exit, Network, Runtime, RuntimeError, Sandbox, SandboxSpec};
@@ -137,11 +137,14 @@ impl DockerRuntime {
         Ok(())
     }
 
+    /// The container's definition. With `cgroup`, limits are that cgroup's (the
+    /// container is made inside it); without, the engine's.
     fn create_body(
         &self,
         spec: &SandboxSpec,
         workspace: &Path,
         address: SocketAddr,
+        cgroup: Option<&Cgroup>,
     ) -> ContainerCreateBody {
         let o = &self.options;
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -153,7 +156,7 @@ impl DockerRuntime {
             format!("WARREN_WORKSPACE={WORKSPACE}"),
             format!("WARREN_AGENT_ADDR={address}"),
         ]);
-        let limits = spec.limits.as_ref();
+        let limits = spec.limits.as_ref().filter(|_| cgroup.is_none());
         let ulimit = |name: &str, n: u64| ResourcesUlimits {
             name: Some(name.to_owned()),
             soft: Some(n as i64),
@@ -166,6 +169,7 @@ impl DockerRuntime {
         let host_config = HostConfig {
             binds: Some(vec![format!("{}:{WORKSPACE}:rw", workspace.display())]),
             network_mode: Some(network_mode),
+            cgroup_parent: cgroup.map(Cgroup::relative_path),
             memory: limits.map(|l| l.memory_bytes as i64),
             // Equal to the memory limit: no swap to hide an overrun.
             memory_swap: limits.map(|l| l.memory_bytes as i64),
@@ -237,12 +241,58 @@ fn exit_of(state: &ContainerState) -> Exit {
     }
 }
 
+/// Warren's own cgroup around a container: the limits, and the kernel's word on OOM
+/// kills (this engine's may miss them: Podman on a v1 host does).
+struct Limited {
+    cgroup: Cgroup,
+    oom: OomWatch,
+}
+
+impl Limited {
+    fn create(
+        hierarchy: &Hierarchy,
+        name: &str,
+        limits: &crate::cgroup::Limits,
+    ) -> std::io::Result<Self> {
+        let cgroup = Cgroup::create(hierarchy, name, limits)?;
+        let made = cgroup.delegate().and_then(|()| cgroup.watch_oom());
+        match made {
+            Ok(oom) => Ok(Self { cgroup, oom }),
+            Err(e) => {
+                cgroup.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn oom_killed(&self) -> bool {
+        self.oom.heard().unwrap_or_else(|| self.cgroup.oom_killed())
+    }
+
+    /// Removes the cgroup once the engine has let go of the container's.
+    async fn remove(self) {
+        for _ in 0..100 {
+            if self.cgroup.remove() {
+                self.cgroup.remove_engine_dirs();
+                return;
+            }
+            tokio::time::sleep(POLL / 5).await;
+        }
+        tracing::warn!(cgroup = %self.cgroup.relative_path(), "cannot remove a sandbox's cgroup");
+    }
+}
+
 /// Waits for the container to end, reads how, copies its output to `log`, removes it.
-async fn watch_container(docker: Docker, id: String, log: PathBuf) -> Exit {
+async fn watch_container(
+    docker: Docker,
+    id: String,
+    log: PathBuf,
+    limited: Option<Limited>,
+) -> Exit {
     // The engine's wait answers when the container ends; if the connection breaks
     // first, its state is read until it says so.
     let _ = docker.wait_container(&id, None).next().await;
-    let exit = loop {
+    let mut exit = loop {
         match docker.inspect_container(&id, None).await {
             Ok(info) => {
                 let state = info.state.unwrap_or_default();
@@ -257,9 +307,16 @@ async fn watch_container(docker: Docker, id: String, log: PathBuf) -> Exit {
         }
         tokio::time::sleep(POLL).await;
     };
+    // Asked before the container (and its cgroup inside ours) is removed.
+    if limited.as_ref().is_some_and(Limited::oom_killed) {
+        exit = Exit::OutOfMemory;
+    }
     copy_output(&docker, &id, &log).await;
     if let Err(e) = docker.remove_container(&id, Some(force())).await {
         tracing::warn!(container = %id, error = %e, "cannot remove an ended container");
+    }
+    if let Some(limited) = limited {
+        limited.remove().await;
     }
     exit
 }
@@ -307,17 +364,31 @@ impl Runtime for DockerRuntime {
             spec.generation,
             std::process::id()
         );
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name),
-                    ..Default::default()
-                }),
-                self.create_body(spec, &workspace, address),
-            )
-            .await
-            .map_err(engine("cannot create the container"))?;
+        let limited = match (&self.cgroups, &spec.limits) {
+            (Some(hierarchy), Some(limits)) => {
+                Some(Limited::create(hierarchy, &name, limits).map_err(RuntimeError::Cgroup)?)
+            }
+            _ => None,
+        };
+        let body = self.create_body(
+            spec,
+            &workspace,
+            address,
+            limited.as_ref().map(|l| &l.cgroup),
+        );
+        let options = CreateContainerOptions {
+            name: Some(name),
+            ..Default::default()
+        };
+        let created = match self.docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(e) => {
+                if let Some(limited) = limited {
+                    limited.remove().await;
+                }
+                return Err(engine("cannot create the container")(e));
+            }
+        };
         let id = created.id;
         let log = self.layout.agent_log(&spec.tenant);
         let started = async {
@@ -334,6 +405,9 @@ impl Runtime for DockerRuntime {
             Err(e) => {
                 copy_output(&self.docker, &id, &log).await;
                 let _ = self.docker.remove_container(&id, Some(force())).await;
+                if let Some(limited) = limited {
+                    limited.remove().await;
+                }
                 return Err(e);
             }
         };
@@ -342,7 +416,8 @@ impl Runtime for DockerRuntime {
         let docker = self.docker.clone();
         let container = id.clone();
         tokio::spawn(async move {
-            tx.send_replace(Some(watch_container(docker, container, log).await));
+            let exit = watch_container(docker, container, log, limited).await;
+            tx.send_replace(Some(exit));
         });
         Ok(Sandbox {
             tenant: spec.tenant.clone(),

@@ -1,7 +1,8 @@
 """A test agent that reports what it can see and do from inside its sandbox.
 
 It serves GET /healthz, /whoami, /env, /procs, /read?path=, /write?path=, /list?path=,
-/connect?host=&port=, /alloc?mb=, /threads?n= and /burn?ms= on WARREN_AGENT_ADDR,
+/connect?host=&port=, /alloc?mb=, /threads?n=, /burn?ms= and /exit?code= on
+WARREN_AGENT_ADDR,
 answering JSON. It never raises: every
 attempt's outcome is reported, as "ok" or the exception's class name.
 """
@@ -82,6 +83,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             for t in threads:
                 t.join()
             return self.answer({"started": len(threads)})
+        if url.path == "/exit":
+            os._exit(int(q["code"]))
         if url.path == "/burn":
             cpu, end = time.process_time(), time.monotonic() + int(q["ms"]) / 1000
             while time.monotonic() < end:
