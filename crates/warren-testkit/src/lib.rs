@@ -1,5 +1,6 @@
-//! Real services for warren's tests, started on 127.0.0.1 and stopped on drop: moto's
-//! S3-compatible server, and a TCP fault proxy that can cut a link on demand.
+//! Real services for warren's tests, started on 127.0.0.1 (or a private socket) and
+//! stopped on drop: moto's S3-compatible server, Podman's Docker-compatible API, and a
+//! TCP fault proxy that can cut a link on demand.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -180,6 +181,9 @@ impl Podman {
         let child = Command::new("podman")
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
+            // conmon writes an `oom` file into its working directory when it hears
+            // of an OOM kill (seen with conmon 2.1.6): keep it out of the checkout.
+            .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
