@@ -34,7 +34,7 @@ use warren_core::layout::Layout;
 
 use crate::cgroup::{Cgroup, Hierarchy};
 use crate::netns::Endpoint;
-use crate::{Exit, Runtime, RuntimeError, Sandbox, SandboxSpec};
+use crate::{Exit, Network, Runtime, RuntimeError, Sandbox, SandboxSpec};
 
 /// How a process sandbox is isolated.
 #[derive(Debug, Clone)]
@@ -138,6 +138,66 @@ pub(crate) fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where slirp4netns answers DNS queries, inside the sandbox.
+const SLIRP_DNS: &str = "10.0.2.3";
+/// How long slirp4netns may take to set up the sandbox's interface.
+const SLIRP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts slirp4netns on the network namespace of `inner` (never the host's loopback)
+/// and waits until the interface is up. It joins `cgroup` first, if there is one.
+async fn start_slirp(
+    inner: u32,
+    cgroup: Option<&Cgroup>,
+    log: &Path,
+) -> Result<tokio::process::Child, RuntimeError> {
+    let procs = cgroup.map(Cgroup::procs_files).unwrap_or_default();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", JOIN_CGROUP, "warren-join", &procs.len().to_string()])
+        .args(&procs)
+        .args([
+            "slirp4netns",
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+        ])
+        .args(["--ready-fd=1", "--netns-type=path"])
+        .arg(format!("/proc/{inner}/ns/net"))
+        .arg("tap0")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(RuntimeError::Spawn)?,
+        )
+        // It lives as long as the sandbox, which may outlive the gateway.
+        .kill_on_drop(false);
+    let mut slirp = cmd.spawn().map_err(|e| {
+        RuntimeError::Spawn(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot run slirp4netns for outbound network (apt-get install slirp4netns): {e}"
+            ),
+        ))
+    })?;
+    let mut ready = [0u8; 1];
+    let mut stdout = slirp.stdout.take().expect("piped");
+    use tokio::io::AsyncReadExt as _;
+    match tokio::time::timeout(SLIRP_TIMEOUT, stdout.read(&mut ready)).await {
+        Ok(Ok(1)) => Ok(slirp),
+        _ => {
+            let _ = slirp.start_kill();
+            Err(RuntimeError::Spawn(std::io::Error::other(
+                "slirp4netns did not set up the sandbox's network (see the tenant's agent.log)",
+            )))
+        }
+    }
+}
+
 /// The process that bubblewrap started inside the new namespaces: its child.
 async fn namespaced_child(
     pid: u32,
@@ -220,6 +280,22 @@ impl Runtime for ProcessRuntime {
                 visible.extend(Some(PathBuf::from(program)).filter(|p| p.is_absolute()));
                 let mut argv = vec![bwrap.to_string_lossy().into_owned()];
                 argv.extend(bwrap_args(&self.data_dir, &workspace, *uid, &visible));
+                if spec.network == Network::Outbound {
+                    // slirp4netns answers DNS at its own address; the host's resolver
+                    // may be on the host's loopback, which the sandbox cannot reach.
+                    let resolv = self.data_dir.join("sandbox-resolv.conf");
+                    std::fs::write(&resolv, format!("nameserver {SLIRP_DNS}\n"))
+                        .map_err(io(&resolv))?;
+                    let at = argv.len() - 1;
+                    argv.splice(
+                        at..at,
+                        [
+                            "--ro-bind".into(),
+                            resolv.to_string_lossy().into_owned(),
+                            "/etc/resolv.conf".into(),
+                        ],
+                    );
+                }
                 argv.extend(spec.command.iter().cloned());
                 (
                     argv,
@@ -302,6 +378,26 @@ impl Runtime for ProcessRuntime {
                 }
             }
         };
+        // Outbound network: a user-mode NAT attached to the sandbox's namespace, in the
+        // sandbox's cgroup (its memory counts, and it ends with the sandbox).
+        let slirp = match (spec.network, inner_pid) {
+            (Network::Outbound, Some(inner)) => {
+                // bubblewrap sets up the loopback before it starts the agent, as the
+                // namespace's second process; the two setups must not meet.
+                let attached = match namespaced_child(inner, &mut child).await {
+                    Ok(_) => start_slirp(inner, cgroup.as_ref(), &log_path).await,
+                    Err(e) => Err(e),
+                };
+                match attached {
+                    Ok(slirp) => Some(slirp),
+                    Err(e) => {
+                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
         // Known now, while the namespace's first process surely lives.
         let cgroup_procs = cgroup
             .as_ref()
@@ -330,6 +426,10 @@ impl Runtime for ProcessRuntime {
             // (Not --die-with-parent, which would tie the sandbox to the gateway's
             // thread that started it, and sandboxes must outlive the gateway.)
             members.signal(Signal::SIGKILL);
+            if let Some(mut slirp) = slirp {
+                let _ = slirp.start_kill();
+                let _ = slirp.wait().await;
+            }
             drop(pinned_pid_namespace);
             if let Some(cgroup) = cgroup {
                 if cgroup.oom_killed() {

@@ -117,11 +117,19 @@ conformance!(
     a_sandbox_cannot_write_outside_its_workspace_and_its_tmp_is_its_own,
     a_sandbox_reaches_neither_the_gateway_nor_another_sandbox,
     instance_type_limits_are_enforced_and_an_oom_is_told_from_a_crash,
+    outbound_network_is_off_by_default_and_allowed_per_tenant,
 );
 
 async fn ask(gw: &Gateway, user: &str, path: &str) -> serde_json::Value {
     let reply = gw.get_as(user, path).await;
-    assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    let log = gw.data_dir().join(format!("tenants/{user}/agent.log"));
+    assert_eq!(
+        reply.status,
+        200,
+        "{path}: {}\nagent.log: {}",
+        reply.body,
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     reply.json()
 }
 
@@ -353,4 +361,39 @@ async fn instance_type_limits_are_enforced_and_an_oom_is_told_from_a_crash(kind:
     );
     // The next request starts it again.
     assert_eq!(ask(&gw, "user_a", "/whoami").await["tenant"], "user_a");
+}
+
+/// This host's address on its default route: outside every sandbox's loopback.
+fn host_address() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // A documentation address: nothing is sent, the kernel only picks a route.
+    probe
+        .connect("203.0.113.1:9")
+        .expect("this test needs a default route (a network interface besides loopback)");
+    probe.local_addr().unwrap().ip()
+}
+
+async fn outbound_network_is_off_by_default_and_allowed_per_tenant(kind: Kind) {
+    let gw = probe_gateway(kind, "[tenants.user_b]\nnetwork = \"outbound\"");
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let outside = format!("/connect?host={}&port={port}", host_address());
+
+    assert_ne!(outcome(&gw, "user_a", &outside).await, "ok");
+    assert_eq!(gw.status("user_a").await["network"], "none");
+
+    assert_eq!(gw.status("user_b").await["network"], "outbound");
+    assert_eq!(outcome(&gw, "user_b", &outside).await, "ok");
+    // Outbound is not the host's loopback: neither directly nor through the NAT's
+    // alias for it.
+    let gateway_port = gw.addr.port();
+    for host in ["127.0.0.1", "10.0.2.2"] {
+        let got = outcome(
+            &gw,
+            "user_b",
+            &format!("/connect?host={host}&port={gateway_port}"),
+        )
+        .await;
+        assert_ne!(got, "ok", "user_b reached the gateway at {host}");
+    }
 }
