@@ -112,7 +112,7 @@ enum Command {
     Hold(oneshot::Sender<Result<HoldGuard, ApiError>>, bool),
     Started(u64, Box<Result<Started, ApiError>>),
     Exited(u64, Exit),
-    Stopped(u64),
+    Stopped(u64, String),
     Released,
 }
 
@@ -497,7 +497,7 @@ impl Actor {
                 }
                 Command::Started(generation, result) => self.started(generation, *result).await,
                 Command::Exited(generation, exit) => self.exited(generation, exit).await,
-                Command::Stopped(generation) => self.stopped(generation).await,
+                Command::Stopped(generation, detail) => self.stopped(generation, detail).await,
             }
         }
     }
@@ -710,7 +710,7 @@ impl Actor {
         ));
     }
 
-    async fn stopped(&mut self, generation: u64) {
+    async fn stopped(&mut self, generation: u64, detail: String) {
         if !matches!(self.phase, Phase::Stopping(g) if g == generation) {
             return;
         }
@@ -724,6 +724,9 @@ impl Actor {
         self.shared().status.send_modify(|s| {
             s.state = SandboxState::Asleep;
             s.since_ms = unix_ms();
+            if let Some(stop) = s.last_stop.as_mut() {
+                stop.detail = Some(detail);
+            }
         });
         self.settled();
         if !self.waiters.is_empty() && self.holds == 0 {
@@ -880,7 +883,10 @@ async fn finish_stop(
         tracing::warn!(tenant = %t.tenant, error = %e, "cannot record a transition");
     }
     tracing::info!(tenant = %t.tenant, cause = ending.cause.as_str(), "sandbox stopped");
-    let _ = handle.tx.send(Command::Stopped(sandbox.generation));
+    let _ = handle.tx.send(Command::Stopped(
+        sandbox.generation,
+        t.detail.unwrap_or_default(),
+    ));
 }
 
 /// Admission, restore, creation and the readiness probe of one start.

@@ -148,19 +148,11 @@ async fn a_sandbox_starts_answers_and_stops_with_sigterm_through_its_init(kind: 
     assert_eq!(gw.state("user_a").await, "ready");
     gw.wait_for_state("user_a", "asleep", Duration::from_secs(30))
         .await;
-    let events = gw
-        .state_store()
-        .events(Some(&warren_core::TenantId::parse("user_a").unwrap()), 10)
-        .await
-        .unwrap();
-    let stop = events
-        .iter()
-        .find(|e| e.cause == Some(warren_core::sandbox::StopCause::Idle))
-        .unwrap_or_else(|| panic!("no idle stop: {events:?}"));
+    let status = gw.status("user_a").await;
+    assert_eq!(status["last_stop"]["cause"], "idle", "{status}");
     assert_eq!(
-        stop.detail.as_deref(),
-        Some("killed by signal 15"),
-        "{events:?}"
+        status["last_stop"]["detail"], "killed by signal 15",
+        "{status}"
     );
 }
 
