@@ -188,8 +188,8 @@ impl DockerRuntime {
         };
         ContainerCreateBody {
             image: Some(o.image.clone()),
-            // Empty: the image's own command.
-            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            // A command replaces the image's; none runs the image's own.
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(env),
             user: Some(format!("{0}:{0}", o.uid)),
             working_dir: Some(WORKSPACE.to_owned()),
@@ -480,5 +480,70 @@ impl Runtime for DockerRuntime {
 
     fn connector(&self) -> &Connector {
         &self.connector
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::tests::{KillOnDrop, assert_freeze_is_whole, spec};
+
+    const SHELL_IMAGE: &str = "localhost/warren-shell:test";
+
+    async fn runtime(dir: &Path, podman: &warren_testkit::Podman) -> DockerRuntime {
+        warren_testkit::build_image(
+            SHELL_IMAGE,
+            r#"["/bin/sh"]"#,
+            &["/bin/sh", "/usr/bin/setsid"],
+        );
+        let options = DockerOptions {
+            socket: podman.socket.clone(),
+            image: SHELL_IMAGE.into(),
+            uid: 65534,
+            agent_port: 8787,
+            outbound_network: "bridge".into(),
+            nofile: 1024,
+            nproc: 1024,
+        };
+        DockerRuntime::connect(dir, options).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_container_freezes_whole_even_past_setsid() {
+        let podman = warren_testkit::Podman::start();
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path(), &podman).await;
+        let script = "setsid sh -c 'while :; do echo x >> escaped; done' & while :; do echo x >> parent; done";
+        assert_freeze_is_whole(&rt, script, ["escaped", "parent"]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_container_that_ignores_sigterm_is_killed_after_the_grace() {
+        let podman = warren_testkit::Podman::start();
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path(), &podman).await;
+        let sandbox = rt
+            .start(&spec(
+                // Not user_a: container names are unique per tenant, generation and
+                // process, and the other test runs in this process too.
+                "user_b",
+                "trap '' TERM; : > trapped; while :; do :; done",
+            ))
+            .await
+            .unwrap();
+        let _guard = KillOnDrop(sandbox.pid);
+        let trapped = sandbox.workspace.join("trapped");
+        // The image has a shell and nothing else: builtins only.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !trapped.exists() {
+            assert!(sandbox.has_exited().is_none(), "the agent ended early");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent never set its trap"
+            );
+            tokio::time::sleep(warren_testkit::POLL).await;
+        }
+        let exit = rt.stop(&sandbox, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(exit, Exit::Signal(9));
     }
 }

@@ -611,11 +611,11 @@ fn freeze_members(members: &Members, timeout: Duration) -> Result<(), RuntimeErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Kills a test sandbox's group however the test ends.
-    struct KillOnDrop(u32);
+    pub(crate) struct KillOnDrop(pub(crate) u32);
 
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
@@ -623,7 +623,7 @@ mod tests {
         }
     }
 
-    fn spec(tenant: &str, script: &str) -> SandboxSpec {
+    pub(crate) fn spec(tenant: &str, script: &str) -> SandboxSpec {
         SandboxSpec {
             tenant: TenantId::parse(tenant).unwrap(),
             generation: 1,
@@ -704,7 +704,7 @@ mod tests {
 
     /// Runs `script` (which keeps appending to the files `writers`) as a sandbox of
     /// `rt`, and checks that a freeze stops every writer until the thaw.
-    async fn assert_freeze_is_whole(rt: &ProcessRuntime, script: &str, writers: [&str; 2]) {
+    pub(crate) async fn assert_freeze_is_whole(rt: &dyn Runtime, script: &str, writers: [&str; 2]) {
         let sandbox = rt.start(&spec("user_a", script)).await.unwrap();
         let _guard = KillOnDrop(sandbox.pid);
         let size = |name: &str| {

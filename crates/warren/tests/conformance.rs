@@ -118,6 +118,7 @@ conformance!(
     a_sandbox_reaches_neither_the_gateway_nor_another_sandbox,
     instance_type_limits_are_enforced_and_an_oom_is_told_from_a_crash,
     outbound_network_is_off_by_default_and_allowed_per_tenant,
+    a_running_sandbox_syncs_and_answers_after_the_capture,
 );
 
 async fn ask(gw: &Gateway, user: &str, path: &str) -> serde_json::Value {
@@ -299,10 +300,9 @@ async fn a_sandbox_reaches_neither_the_gateway_nor_another_sandbox(kind: Kind) {
         "ConnectionRefusedError"
     );
     // 127.0.0.1:8787 inside is the sandbox's own agent, never user_b's.
-    assert_eq!(
-        outcome(&gw, "user_a", "/connect?host=127.0.0.1&port=8787").await,
-        "ok"
-    );
+    let own = ask(&gw, "user_a", "/fetch?port=8787&path=/whoami").await;
+    let own: serde_json::Value = serde_json::from_str(own["body"].as_str().unwrap()).unwrap();
+    assert_eq!(own["tenant"], "user_a");
     // No route anywhere else.
     let got = outcome(&gw, "user_a", "/connect?host=10.255.255.1&port=80").await;
     assert!(
@@ -388,4 +388,22 @@ async fn outbound_network_is_off_by_default_and_allowed_per_tenant(kind: Kind) {
         .await;
         assert_ne!(got, "ok", "user_b reached the gateway at {host}");
     }
+}
+
+async fn a_running_sandbox_syncs_and_answers_after_the_capture(kind: Kind) {
+    let gw = probe_gateway(kind, "");
+    assert_eq!(outcome(&gw, "user_a", "/write?path=notes.txt").await, "ok");
+    let token = std::fs::read_to_string(gw.data_dir().join("admin-token")).unwrap();
+    let request = http::Request::post(gw.url("/admin/api/tenants/user_a/sync"))
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let reply = gw.request(request).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // The capture froze the sandbox (a failed freeze fails the sync; that a freeze
+    // stops every process is the runtimes' own test, `freeze_stops_every_process`).
+    let report = reply.json();
+    assert!(report["files"].as_u64().unwrap() >= 1, "{report}");
+    // And thawed it: the agent answers again.
+    assert_eq!(ask(&gw, "user_a", "/whoami").await["tenant"], "user_a");
 }

@@ -1,8 +1,8 @@
 """A test agent that reports what it can see and do from inside its sandbox.
 
 It serves GET /healthz, /whoami, /env, /procs, /read?path=, /write?path=, /list?path=,
-/connect?host=&port=, /alloc?mb=, /threads?n=, /burn?ms= and /exit?code= on
-WARREN_AGENT_ADDR,
+/connect?host=&port=, /fetch?port=&path= (a GET to 127.0.0.1), /alloc?mb=,
+/threads?n=, /burn?ms= and /exit?code= on WARREN_AGENT_ADDR,
 answering JSON. It never raises: every
 attempt's outcome is reported, as "ok" or the exception's class name.
 """
@@ -63,6 +63,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             def connect():
                 socket.create_connection((q["host"], int(q["port"])), timeout=2).close()
             return self.answer({"result": attempt(connect)})
+        if url.path == "/fetch":
+            with socket.create_connection(("127.0.0.1", int(q["port"])), timeout=2) as c:
+                c.sendall(f"GET {q['path']} HTTP/1.0\r\n\r\n".encode())
+                reply = b"".join(iter(lambda: c.recv(65536), b""))
+            return self.answer({"body": reply.split(b"\r\n\r\n", 1)[-1].decode()})
         if url.path == "/alloc":
             # Touch every page, so the memory is really used.
             block = bytearray(int(q["mb"]) * 1024 * 1024)
