@@ -65,7 +65,10 @@ fn phases(server_timing: &str) -> anyhow::Result<[Duration; 3]> {
 }
 
 /// Wakes one user's sandbox and returns the client time and the three phases.
-async fn first_request(gateway: &Gateway, user: &str) -> anyhow::Result<(Duration, [Duration; 3])> {
+pub async fn first_request(
+    gateway: &Gateway,
+    user: &str,
+) -> anyhow::Result<(Duration, [Duration; 3])> {
     let cookie = gateway.cookie(user)?;
     let mut conn = HttpConn::connect(gateway.address).await?;
     let status = conn.get("/api/status", Some(&cookie)).await?;

@@ -186,8 +186,18 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts a gateway whose sandboxes never sleep by themselves, with at most
-    /// `max_instances` running at once.
+    /// `max_instances` running at once, on the default runtime.
     pub async fn start(warren: &Path, dir: &Path, max_instances: usize) -> anyhow::Result<Self> {
+        Self::start_with(warren, dir, max_instances, "").await
+    }
+
+    /// As `start`, with `tables` (TOML tables such as `[runtime]`) added to its config.
+    pub async fn start_with(
+        warren: &Path,
+        dir: &Path,
+        max_instances: usize,
+        tables: &str,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("warren.toml");
         std::fs::write(
@@ -197,7 +207,8 @@ impl Gateway {
                  sleep_after = \"never\"\n\
                  [auth]\nsigning_secret = \"{SIGNING_SECRET}\"\n\
                  [admission]\nqueue_timeout = \"30s\"\n\
-                 [log]\nlevel = \"warn\"\n"
+                 [log]\nlevel = \"warn\"\n\
+                 {tables}"
             ),
         )?;
         let data_dir = dir.join("data");
@@ -324,6 +335,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Proportional set size of a process in KiB (its resident pages, each shared page
+/// divided by the number of processes mapping it), from `/proc/<pid>/smaps_rollup`.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A process's parent and start time (clock ticks after boot): with the pid, what tells
+/// a process from a later one that reused its pid.
+pub fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state, ppid, ..., starttime (the 22nd field of the line).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
 /// CPU time used, in clock ticks.

@@ -4,7 +4,8 @@
 //! processes on 127.0.0.1: the cold start of sleeping tenants, phase by phase, and the
 //! proxy's latency and throughput side by side with nginx in front of the same agent,
 //! and the store: bytes and time for a small change next to rsync and restic, the RPO
-//! under a steady writer, a sweep of many tenants, and a full restore.
+//! under a steady writer, a sweep of many tenants, and a full restore; and the two
+//! runtimes side by side (process and docker): start to ready, stop, memory per sandbox.
 //! It starts every process itself and stops each of them however it ends; it prints a
 //! markdown report on stdout and its progress on stderr.
 
@@ -23,12 +24,13 @@ mod nginx;
 mod proxy;
 mod report;
 mod rpo;
+mod runtimes;
 mod store;
 
 #[derive(Parser)]
 #[command(
     name = "warren-bench",
-    about = "Benchmark warren: cold starts, its proxy next to nginx, its store next to rsync and restic"
+    about = "Benchmark warren: cold starts, its proxy next to nginx, its store next to rsync and restic, its runtimes side by side"
 )]
 struct Args {
     /// The warren binary (a release build).
@@ -85,6 +87,17 @@ struct Args {
     /// Messages of the RPO run, one every 100 ms.
     #[arg(long, default_value_t = 100)]
     rpo_messages: usize,
+    /// Sandboxes started one after another on each runtime (the first untimed), then
+    /// measured idle and stopped with their gateway.
+    #[arg(long, default_value_t = 50)]
+    runtime_sandboxes: usize,
+    /// Idle sandboxes stopped one at a time on each runtime (each start at
+    /// max_instances = 1 evicts the previous tenant's).
+    #[arg(long, default_value_t = 30)]
+    runtime_stops: usize,
+    /// The echo agent's image for the docker runtime (`scripts/build-image` makes it).
+    #[arg(long, default_value = "localhost/warren-echo:latest")]
+    image: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +106,7 @@ enum Only {
     ColdStart,
     Proxy,
     Store,
+    Runtimes,
 }
 
 fn main() -> std::process::ExitCode {
@@ -209,6 +223,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await;
         if let Some(run) = outcome("Store: RPO under a steady writer", run, &mut failed) {
             report::rpo(&run);
+        }
+    }
+    if matches!(args.only, Only::All | Only::Runtimes) {
+        let settings = runtimes::Settings {
+            sandboxes: args.runtime_sandboxes,
+            stops: args.runtime_stops,
+            image: args.image.clone(),
+        };
+        let run = runtimes::run(&warren, &dir.join("runtimes"), &settings).await;
+        if let Some(run) = outcome("Runtimes", run, &mut failed) {
+            report::runtimes(&run, &settings);
         }
     }
     ensure!(failed.is_empty(), "failed: {}", failed.join("; "));

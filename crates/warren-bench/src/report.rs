@@ -9,6 +9,7 @@ use crate::launch::GatewayStopped;
 use crate::load::Samples;
 use crate::proxy::{ProxyRun, Settings, TARGETS};
 use crate::rpo::Rpo;
+use crate::runtimes::{self, Runtimes};
 use crate::store::{self, ChangeRun, StoreRun};
 
 /// The cold-start goals of DESIGN.md ("Numbers to beat").
@@ -64,6 +65,13 @@ pub fn machine(command: &str, warren: &Path, nginx: &Path) {
     let version = |p: &Path, arg: &str| first_line_of(p, arg).unwrap_or_else(|| "unknown".into());
     println!("| warren | {} |", version(warren, "--version"));
     println!("| nginx | {} |", version(nginx, "-v"));
+    let engine: Vec<String> = ["podman", "runc", "conmon"]
+        .iter()
+        .filter_map(|p| first_line_of(Path::new(p), "--version"))
+        .collect();
+    if !engine.is_empty() {
+        println!("| container engine | {} |", engine.join(", "));
+    }
     // Other work on the machine skews every figure: say how busy it was.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
@@ -444,5 +452,239 @@ pub fn rpo(run: &Rpo) {
         );
     }
     stopped(&run.stopped);
+    println!();
+}
+
+pub fn runtimes(run: &Runtimes, s: &runtimes::Settings) {
+    let [process, docker] = &run.runs[..] else {
+        return;
+    };
+    let k = s.sandboxes;
+    println!("## Runtimes: process and docker side by side\n");
+    println!(
+        "The echo agent behind a real gateway on each runtime, measured the same way in the \
+         same run: `process` (bubblewrap namespaces and a cgroup per sandbox; the default) \
+         and `docker` (a container per sandbox through Podman's Docker-compatible API: runc, \
+         an init, network `none`, the same cgroup limits; image `{}`, {}). \
+         **Start to ready**: {} new tenants one after another (after one untimed warm-up \
+         start), each one's first request (`POST /echo`) timed by the client; create and \
+         boot are the gateway's `Server-Timing` phases. **Stop of one idle sandbox**: {} new \
+         tenants at `max_instances = 1`, each one's first request first evicting the \
+         previous tenant's sandbox, left quiet for {} s before (no sync pending); the time \
+         is the gateway's `admission` phase: the gateway's and the runtime's stop (SIGTERM \
+         through the sandbox's init, its exit, and for a container the engine's cleanup and \
+         removal) until the slot is free; the final sync comes after it. **Gateway stop**: SIGTERM to exit with the {k} idle sandboxes, which it \
+         stops all at once: divided by {k} it is a rate, not one sandbox's stop. \
+         **Memory**: the {k} sandboxes after {} s idle, summed over all and divided by {k}; \
+         the gateway and Podman's service are not in it. p99 is nearest-rank: of fewer \
+         than 100 samples, the slowest.\n",
+        run.image,
+        run.image_id,
+        process.starts.len(),
+        s.stops,
+        runtimes::QUIET.as_secs(),
+        runtimes::SETTLE.as_secs()
+    );
+    println!("| figure | process | docker | docker / process |");
+    println!("|---|---:|---:|---:|");
+    let ms_of = |d: Duration| Some(d.as_secs_f64() * 1000.0);
+    let each =
+        |kib: u64, m: &runtimes::Memory| Some(kib as f64 / 1024.0 / m.sandboxes.max(1) as f64);
+    let cgroup = |m: &runtimes::Memory| {
+        m.cgroup_bytes
+            .map(|b| b as f64 / (1 << 20) as f64 / m.sandboxes.max(1) as f64)
+    };
+    let per_sandbox = |r: &runtimes::RuntimeRun| {
+        Some(r.shutdown.as_secs_f64() * 1000.0 / r.memory.sandboxes.max(1) as f64)
+    };
+    let rows: Vec<(String, Option<f64>, Option<f64>)> = vec![
+        (
+            "start to ready p50 (ms)".into(),
+            ms_of(process.starts.percentile(0.5)),
+            ms_of(docker.starts.percentile(0.5)),
+        ),
+        (
+            "start to ready p99 (ms)".into(),
+            ms_of(process.starts.percentile(0.99)),
+            ms_of(docker.starts.percentile(0.99)),
+        ),
+        (
+            "… create (the runtime makes the sandbox) p50 (ms)".into(),
+            ms_of(process.create.percentile(0.5)),
+            ms_of(docker.create.percentile(0.5)),
+        ),
+        (
+            "… boot (until the agent's /healthz answers) p50 (ms)".into(),
+            ms_of(process.boot.percentile(0.5)),
+            ms_of(docker.boot.percentile(0.5)),
+        ),
+        (
+            "stop of one idle sandbox p50 (ms)".into(),
+            ms_of(process.stops.percentile(0.5)),
+            ms_of(docker.stops.percentile(0.5)),
+        ),
+        (
+            "stop of one idle sandbox p99 (ms)".into(),
+            ms_of(process.stops.percentile(0.99)),
+            ms_of(docker.stops.percentile(0.99)),
+        ),
+        (
+            format!("gateway stop with {k} idle sandboxes (ms)"),
+            ms_of(process.shutdown),
+            ms_of(docker.shutdown),
+        ),
+        (
+            format!("… divided by {k} (ms)"),
+            per_sandbox(process),
+            per_sandbox(docker),
+        ),
+        (
+            "memory per idle sandbox: RSS, all its processes (MiB)".into(),
+            each(
+                process.memory.rss_kib + process.memory.monitor_rss_kib,
+                &process.memory,
+            ),
+            each(
+                docker.memory.rss_kib + docker.memory.monitor_rss_kib,
+                &docker.memory,
+            ),
+        ),
+        (
+            "… the sandbox's own processes (MiB)".into(),
+            each(process.memory.rss_kib, &process.memory),
+            each(docker.memory.rss_kib, &docker.memory),
+        ),
+        (
+            "… conmon (MiB)".into(),
+            None,
+            each(docker.memory.monitor_rss_kib, &docker.memory),
+        ),
+        (
+            "memory per idle sandbox: PSS, all its processes (MiB)".into(),
+            each(
+                process.memory.pss_kib + process.memory.monitor_pss_kib,
+                &process.memory,
+            ),
+            each(
+                docker.memory.pss_kib + docker.memory.monitor_pss_kib,
+                &docker.memory,
+            ),
+        ),
+        (
+            "… conmon (MiB)".into(),
+            None,
+            each(docker.memory.monitor_pss_kib, &docker.memory),
+        ),
+        (
+            "memory per idle sandbox: charged to its cgroup (MiB)".into(),
+            cgroup(&process.memory),
+            cgroup(&docker.memory),
+        ),
+    ];
+    for (name, p, d) in rows {
+        let cell = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.2}"));
+        println!("| {name} | {} | {} | {} |", cell(p), cell(d), ratio(d, p));
+    }
+    println!();
+    let count = |m: &runtimes::Memory| {
+        let own = m.processes as f64 / m.sandboxes.max(1) as f64;
+        if m.monitors > 0 {
+            format!(
+                "{own:.0} + {:.0} conmon",
+                m.monitors as f64 / m.sandboxes as f64
+            )
+        } else {
+            format!("{own:.0}")
+        }
+    };
+    println!(
+        "- counted for a process sandbox ({} processes each): bubblewrap, its init and the \
+         echo agent, i.e. the processes working under the gateway's data dir, one process \
+         group per sandbox",
+        count(&process.memory)
+    );
+    println!(
+        "- counted for a docker sandbox ({} processes each): the container's init and the \
+         echo agent (the init's process tree, from the `State.Pid` Podman reports) and its \
+         conmon (from `State.ConmonPid`, checked to name the container on its command \
+         line; it runs outside the container, a child of PID 1)",
+        count(&docker.memory)
+    );
+    println!(
+        "- RSS counts each process's resident pages, shared ones (the warren binary's code, \
+         libraries) in full in every process; PSS divides each shared page among the \
+         processes mapping it, so it is what the sandboxes hold together. A process sandbox \
+         runs the host's warren binary, shared with the gateway; a container runs the \
+         image's copy, shared among containers"
+    );
+    println!(
+        "- charged to its cgroup: `memory.usage_in_bytes` (`memory.current` on cgroup v2) \
+         of the sandbox's `warren/<sandbox>` cgroup: anonymous memory, page cache the \
+         sandbox read first, kernel memory; a container's conmon is in a child of it"
+    );
+    if let Some(e) = &docker.engine {
+        println!(
+            "- Podman's API service (one for all containers, not in the figures above): RSS \
+             {} before the first docker gateway, {} with its {k} containers running, {} once \
+             it had stopped and removed them (a Go heap: what it keeps after is not per \
+             container)",
+            mib(e.before_kib),
+            mib(e.running_kib),
+            mib(e.after_kib)
+        );
+    }
+    let tens = |r: &runtimes::RuntimeRun| {
+        let n = r.starts_in_order.len();
+        let ten = n.min(10);
+        let median = |d: &[Duration]| Samples::new(d.to_vec()).percentile(0.5);
+        (
+            ten,
+            median(&r.starts_in_order[..ten]),
+            median(&r.starts_in_order[n - ten..]),
+        )
+    };
+    let ((ten, p_first, p_last), (_, d_first, d_last)) = (tens(process), tens(docker));
+    println!(
+        "- start to ready as sandboxes accumulate, median of the first {ten} timed starts \
+         (1 to {ten} sandboxes already running) and of the last {ten} ({} to {}): process \
+         {} → {} ms, docker {} → {} ms",
+        k - ten,
+        k - 1,
+        ms(p_first),
+        ms(p_last),
+        ms(d_first),
+        ms(d_last)
+    );
+    println!(
+        "- the warm-up start (the first of a fresh gateway, and for docker of a fresh \
+         Podman service; not in the percentiles): process {} ms, docker {} ms",
+        ms(process.first_start),
+        ms(docker.first_start)
+    );
+    println!(
+        "- gateway RSS with {k} idle sandboxes (not in the figures above): process {}, \
+         docker {}",
+        mib(process.memory.gateway_rss_kib),
+        mib(docker.memory.gateway_rss_kib)
+    );
+    for r in [process, docker] {
+        println!(
+            "- {}: sandbox processes left behind after its gateways exited: {}; containers: \
+             {}; lines the gateways logged (level warn): {}",
+            r.kind.name(),
+            r.leaked_processes,
+            r.leaked_containers,
+            r.log_lines.len()
+        );
+        for line in r.log_lines.iter().take(5) {
+            println!("  - `{}`", plain(line).replace('`', "'"));
+        }
+    }
+    if run.image_stale {
+        println!(
+            "- **the image is older than the warren binary measured**: its agent may be \
+             older code (rebuild it with `scripts/build-image`)"
+        );
+    }
     println!();
 }

@@ -203,6 +203,11 @@ impl Podman {
         }
         podman
     }
+
+    /// The service's process id (its memory is what the engine itself costs).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Podman {
