@@ -203,6 +203,24 @@ impl Cgroup {
         }
     }
 
+    /// Removes the cgroup once its last processes are gone (they go a moment after
+    /// being killed), trying again with a growing pause for up to about two seconds.
+    /// Returns whether it is gone.
+    pub async fn remove_when_empty(&self) -> bool {
+        let mut pause = std::time::Duration::from_millis(1);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            if self.remove() {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The path of this cgroup below each controller's root, e.g. `/warren/<name>`: a
     /// container engine's cgroup parent.
     pub fn relative_path(&self) -> String {

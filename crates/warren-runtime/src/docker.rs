@@ -271,14 +271,11 @@ impl Limited {
 
     /// Removes the cgroup once the engine has let go of the container's.
     async fn remove(self) {
-        for _ in 0..100 {
-            if self.cgroup.remove() {
-                self.cgroup.remove_engine_dirs();
-                return;
-            }
-            tokio::time::sleep(POLL / 5).await;
+        if self.cgroup.remove_when_empty().await {
+            self.cgroup.remove_engine_dirs();
+        } else {
+            tracing::warn!(cgroup = %self.cgroup.relative_path(), "cannot remove a sandbox's cgroup");
         }
-        tracing::warn!(cgroup = %self.cgroup.relative_path(), "cannot remove a sandbox's cgroup");
     }
 }
 

@@ -84,9 +84,6 @@ impl ProcessRuntime {
 /// becomes the rest of its arguments.
 const JOIN_CGROUP: &str = r#"n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 126; shift; n=$((n-1)); done; exec "$@""#;
 
-/// How often an emptied cgroup's removal is tried again.
-const CGROUP_RETRY: Duration = Duration::from_millis(20);
-
 /// A port on 127.0.0.1 that was free a moment ago. The agent binds it itself; a
 /// collision shows up as a start that fails its probe, and the next start picks again.
 fn free_loopback_port() -> std::io::Result<u16> {
@@ -435,12 +432,8 @@ impl Runtime for ProcessRuntime {
                 if cgroup.oom_killed() {
                     exit = Exit::OutOfMemory;
                 }
-                // The last processes go a moment later.
-                for _ in 0..100 {
-                    if cgroup.remove() {
-                        break;
-                    }
-                    tokio::time::sleep(CGROUP_RETRY).await;
+                if !cgroup.remove_when_empty().await {
+                    tracing::warn!(%tenant, "cannot remove the sandbox's cgroup");
                 }
             }
             tx.send_replace(Some(exit));
