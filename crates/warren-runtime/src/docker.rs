@@ -483,7 +483,7 @@ impl Runtime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::tests::{KillOnDrop, assert_freeze_is_whole, spec};
+    use crate::process::tests::{assert_a_trapped_sigterm_ends_in_sigkill, assert_freeze_is_whole};
 
     const SHELL_IMAGE: &str = "localhost/warren-shell:test";
 
@@ -519,28 +519,8 @@ mod tests {
         let podman = warren_testkit::Podman::start();
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(dir.path(), &podman).await;
-        let sandbox = rt
-            .start(&spec(
-                // Not user_a: container names are unique per tenant, generation and
-                // process, and the other test runs in this process too.
-                "user_b",
-                "trap '' TERM; : > trapped; while :; do :; done",
-            ))
-            .await
-            .unwrap();
-        let _guard = KillOnDrop(sandbox.pid);
-        let trapped = sandbox.workspace.join("trapped");
-        // The image has a shell and nothing else: builtins only.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !trapped.exists() {
-            assert!(sandbox.has_exited().is_none(), "the agent ended early");
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent never set its trap"
-            );
-            tokio::time::sleep(warren_testkit::POLL).await;
-        }
-        let exit = rt.stop(&sandbox, Duration::from_secs(1)).await.unwrap();
-        assert_eq!(exit, Exit::Signal(9));
+        // Not user_a: container names are unique per tenant, generation and process,
+        // and the other test runs in this process too.
+        assert_a_trapped_sigterm_ends_in_sigkill(&rt, "user_b", Duration::from_secs(1)).await;
     }
 }

@@ -639,14 +639,18 @@ pub(crate) mod tests {
     async fn stop_kills_an_agent_that_ignores_sigterm() {
         let dir = tempfile::tempdir().unwrap();
         let rt = ProcessRuntime::new(dir.path());
-        // The child shell traps TERM; the whole group still goes with SIGKILL.
-        let sandbox = rt
-            .start(&spec(
-                "user_a",
-                "trap '' TERM; touch trapped; while :; do sleep 1; done",
-            ))
-            .await
-            .unwrap();
+        assert_a_trapped_sigterm_ends_in_sigkill(&rt, "user_a", Duration::from_millis(200)).await;
+    }
+
+    /// Starts an agent that ignores SIGTERM and checks that a stop with `grace` ends it
+    /// with SIGKILL. Shell builtins only: a container image may have nothing else.
+    pub(crate) async fn assert_a_trapped_sigterm_ends_in_sigkill(
+        rt: &dyn Runtime,
+        tenant: &str,
+        grace: Duration,
+    ) {
+        let script = "trap '' TERM; : > trapped; while :; do :; done";
+        let sandbox = rt.start(&spec(tenant, script)).await.unwrap();
         let _guard = KillOnDrop(sandbox.pid);
         assert!(
             sandbox.pid_start_ticks > 0,
@@ -656,13 +660,14 @@ pub(crate) mod tests {
         let trapped = sandbox.workspace.join("trapped");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !trapped.exists() {
+            assert!(sandbox.has_exited().is_none(), "the agent ended early");
             assert!(
                 std::time::Instant::now() < deadline,
                 "the agent never set its trap"
             );
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let exit = rt.stop(&sandbox, Duration::from_millis(200)).await.unwrap();
+        let exit = rt.stop(&sandbox, grace).await.unwrap();
         assert_eq!(exit, Exit::Signal(Signal::SIGKILL as i32));
     }
 
