@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::TenantId;
 use crate::duration::{ConfigDuration, SleepAfter};
@@ -38,9 +38,12 @@ pub struct Config {
     pub public_url: Option<String>,
     /// How many sandboxes may run at once.
     pub max_instances: usize,
-    /// The size a sandbox gets unless its tenant or tier says otherwise (see
-    /// [`INSTANCE_TYPES`]).
-    pub instance_type: &'static InstanceType,
+    /// The size a sandbox gets unless its tenant or tier says otherwise: a name of
+    /// [`INSTANCE_TYPES`] or of `instance_types`.
+    pub instance_type: String,
+    /// Sizes of this deployment's own, added to the built-in ones (or replacing one of
+    /// the same name).
+    pub instance_types: BTreeMap<String, InstanceSize>,
     /// What a sandbox's network reaches unless its tenant or tier says otherwise.
     pub network: NetworkAccess,
     /// Idle time after which a sandbox is stopped; `never` keeps it warm.
@@ -72,7 +75,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./warren-data"),
             public_url: None,
             max_instances: 10,
-            instance_type: InstanceType::named("standard-4").expect("a built-in instance type"),
+            instance_type: "standard-4".into(),
+            instance_types: BTreeMap::new(),
             network: NetworkAccess::None,
             sleep_after: SleepAfter::Idle(Duration::from_secs(600)),
             client_header_timeout: ConfigDuration(Duration::from_secs(30)),
@@ -108,7 +112,7 @@ pub enum NetworkAccess {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TierConfig {
-    pub instance_type: Option<&'static InstanceType>,
+    pub instance_type: Option<String>,
     pub network: Option<NetworkAccess>,
 }
 
@@ -119,15 +123,17 @@ pub struct TierConfig {
 pub struct TenantConfig {
     /// A key of `[tiers]`.
     pub tier: Option<String>,
-    pub instance_type: Option<&'static InstanceType>,
+    pub instance_type: Option<String>,
     pub network: Option<NetworkAccess>,
 }
 
 /// What one tenant's sandbox gets, resolved from its own settings, its tier's and the
 /// top level's.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SandboxProfile {
-    pub instance_type: &'static InstanceType,
+pub struct SandboxProfile<'a> {
+    /// The instance type's name.
+    pub instance_type: &'a str,
+    pub size: InstanceSize,
     pub network: NetworkAccess,
 }
 
@@ -427,10 +433,10 @@ impl Default for LogConfig {
     }
 }
 
-/// A named sandbox size: the original's instance types.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct InstanceType {
-    pub name: &'static str,
+/// A sandbox size: what an instance type names.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSize {
     pub vcpu: f64,
     pub memory_mib: u64,
     pub disk_gb: u64,
@@ -438,70 +444,63 @@ pub struct InstanceType {
     pub pids: u64,
 }
 
-/// The original's instance types (vCPU, memory, disk).
-pub const INSTANCE_TYPES: [InstanceType; 6] = [
-    InstanceType {
-        name: "lite",
-        vcpu: 1.0 / 16.0,
-        memory_mib: 256,
-        disk_gb: 2,
-        pids: 256,
-    },
-    InstanceType {
-        name: "basic",
-        vcpu: 0.25,
-        memory_mib: 1024,
-        disk_gb: 4,
-        pids: 512,
-    },
-    InstanceType {
-        name: "standard-1",
-        vcpu: 0.5,
-        memory_mib: 4096,
-        disk_gb: 8,
-        pids: 4096,
-    },
-    InstanceType {
-        name: "standard-2",
-        vcpu: 1.0,
-        memory_mib: 6144,
-        disk_gb: 12,
-        pids: 4096,
-    },
-    InstanceType {
-        name: "standard-3",
-        vcpu: 2.0,
-        memory_mib: 8192,
-        disk_gb: 16,
-        pids: 4096,
-    },
-    InstanceType {
-        name: "standard-4",
-        vcpu: 4.0,
-        memory_mib: 12288,
-        disk_gb: 20,
-        pids: 4096,
-    },
+/// The original's instance types (vCPU, memory, disk), built in.
+pub const INSTANCE_TYPES: [(&str, InstanceSize); 6] = [
+    (
+        "lite",
+        InstanceSize {
+            vcpu: 1.0 / 16.0,
+            memory_mib: 256,
+            disk_gb: 2,
+            pids: 256,
+        },
+    ),
+    (
+        "basic",
+        InstanceSize {
+            vcpu: 0.25,
+            memory_mib: 1024,
+            disk_gb: 4,
+            pids: 512,
+        },
+    ),
+    (
+        "standard-1",
+        InstanceSize {
+            vcpu: 0.5,
+            memory_mib: 4096,
+            disk_gb: 8,
+            pids: 4096,
+        },
+    ),
+    (
+        "standard-2",
+        InstanceSize {
+            vcpu: 1.0,
+            memory_mib: 6144,
+            disk_gb: 12,
+            pids: 4096,
+        },
+    ),
+    (
+        "standard-3",
+        InstanceSize {
+            vcpu: 2.0,
+            memory_mib: 8192,
+            disk_gb: 16,
+            pids: 4096,
+        },
+    ),
+    (
+        "standard-4",
+        InstanceSize {
+            vcpu: 4.0,
+            memory_mib: 12288,
+            disk_gb: 20,
+            pids: 4096,
+        },
+    ),
 ];
-
-impl InstanceType {
-    pub fn named(name: &str) -> Option<&'static InstanceType> {
-        INSTANCE_TYPES.iter().find(|t| t.name == name)
-    }
-}
-
-/// An instance type is written as its name; an unknown name is refused with the known ones.
-impl<'de> Deserialize<'de> for &'static InstanceType {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        InstanceType::named(&name).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "unknown instance type {name:?}; known: {}",
-                known(INSTANCE_TYPES.iter().map(|t| t.name))
-            ))
-        })
-    }
-}
 
 /// Names joined for an error message.
 fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
@@ -564,6 +563,38 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.max_instances == 0 {
             return invalid("max_instances must be at least 1".into());
+        }
+        for (name, size) in &self.instance_types {
+            // Below these an agent cannot even start; the kernel refuses a CPU quota
+            // under a millisecond per 100 ms.
+            if !size.vcpu.is_finite() || size.vcpu < 0.01 || size.memory_mib < 16 || size.pids < 4 {
+                return invalid(format!(
+                    "instance_types.{name}: vcpu must be at least 0.01, memory_mib at least 16 and pids at least 4"
+                ));
+            }
+        }
+        let named = std::iter::once(("instance_type".to_owned(), &self.instance_type))
+            .chain(self.tiers.iter().filter_map(|(tier, t)| {
+                Some((
+                    format!("tiers.{tier}.instance_type"),
+                    t.instance_type.as_ref()?,
+                ))
+            }))
+            .chain(self.tenants.iter().filter_map(|(tenant, t)| {
+                Some((
+                    format!("tenants.{tenant}.instance_type"),
+                    t.instance_type.as_ref()?,
+                ))
+            }));
+        for (key, name) in named {
+            if self.instance_size(name).is_none() {
+                let mut names: Vec<&str> = INSTANCE_TYPES.iter().map(|(n, _)| *n).collect();
+                names.extend(self.instance_types.keys().map(String::as_str));
+                return invalid(format!(
+                    "{key}: unknown instance type {name:?}; known: {}",
+                    known(names.into_iter())
+                ));
+            }
         }
         for (tenant, settings) in &self.tenants {
             if let Some(tier) = &settings.tier
@@ -638,21 +669,37 @@ impl Config {
 
     /// The instance type and network of `tenant`'s sandbox: each from the tenant's own
     /// settings, else from its tier's, else from the top level.
-    pub fn sandbox_profile(&self, tenant: &TenantId) -> SandboxProfile {
+    pub fn sandbox_profile(&self, tenant: &TenantId) -> SandboxProfile<'_> {
         let own = self.tenants.get(tenant);
         let tier = own
             .and_then(|t| t.tier.as_ref())
             .and_then(|name| self.tiers.get(name));
+        let instance_type = own
+            .and_then(|t| t.instance_type.as_deref())
+            .or(tier.and_then(|t| t.instance_type.as_deref()))
+            .unwrap_or(&self.instance_type);
         SandboxProfile {
-            instance_type: own
-                .and_then(|t| t.instance_type)
-                .or(tier.and_then(|t| t.instance_type))
-                .unwrap_or(self.instance_type),
+            instance_type,
+            // Every name was checked by `validate`; a config that skipped it gets the
+            // smallest built-in size, never more than was asked.
+            size: self
+                .instance_size(instance_type)
+                .unwrap_or(INSTANCE_TYPES[0].1),
             network: own
                 .and_then(|t| t.network)
                 .or(tier.and_then(|t| t.network))
                 .unwrap_or(self.network),
         }
+    }
+
+    /// The size an instance type names: this deployment's own, else a built-in one.
+    pub fn instance_size(&self, name: &str) -> Option<InstanceSize> {
+        self.instance_types.get(name).copied().or_else(|| {
+            INSTANCE_TYPES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, size)| *size)
+        })
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -691,7 +738,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("./warren-data"));
         assert_eq!(c.max_instances, 10);
-        assert_eq!(c.instance_type.memory_mib, 12288);
+        assert_eq!(c.sandbox_profile(&tenant("anyone")).size.memory_mib, 12288);
         assert_eq!(c.network, NetworkAccess::None);
         assert!(c.sleep_after == SleepAfter::Idle(Duration::from_secs(600)));
         c.validate().unwrap();
@@ -705,7 +752,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.max_instances, 2);
-        assert_eq!(c.instance_type.name, "lite");
+        assert_eq!(c.instance_type, "lite");
         assert!(c.sleep_after == SleepAfter::Never);
         assert_eq!(c.admission.queue_timeout.0, Duration::from_secs(2));
     }
@@ -726,7 +773,7 @@ mod tests {
                 .contains("never")
         );
         assert!(Config::parse("sleep_after = \"0s\"").is_err());
-        let err = Config::parse("instance_type = \"huge\"").unwrap_err();
+        let err = invalid("instance_type = \"huge\"");
         assert!(
             err.contains("\"huge\"") && err.contains("standard-4"),
             "{err}"
@@ -738,6 +785,38 @@ mod tests {
 
     fn tenant(id: &str) -> TenantId {
         TenantId::parse(id).unwrap()
+    }
+
+    /// The error of a config that parses but does not validate.
+    fn invalid(text: &str) -> String {
+        Config::parse(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_deployment_adds_its_own_instance_types_and_may_resize_a_built_in_one() {
+        let c = Config::parse(
+            "instance_type = \"tiny\"\n\
+             [instance_types.tiny]\nvcpu = 0.1\nmemory_mib = 64\ndisk_gb = 1\npids = 32\n\
+             [instance_types.lite]\nvcpu = 0.5\nmemory_mib = 512\ndisk_gb = 2\npids = 256\n\
+             [tenants.alice]\ninstance_type = \"lite\"\n\
+             [tenants.bob]\ninstance_type = \"basic\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let size = |id: &str| c.sandbox_profile(&tenant(id)).size;
+        assert_eq!(size("carol").memory_mib, 64);
+        assert_eq!(size("alice").memory_mib, 512, "the deployment's lite wins");
+        assert_eq!(size("bob").memory_mib, 1024, "built-ins stay");
+
+        let err =
+            invalid("[instance_types.zero]\nvcpu = 0.0\nmemory_mib = 64\ndisk_gb = 1\npids = 32");
+        assert!(err.contains("instance_types.zero"), "{err}");
+        let err = Config::parse("[instance_types.x]\nvcpu = 1.0\nmemory_mib = 64").unwrap_err();
+        assert!(err.contains("disk_gb"), "a size names all four: {err}");
     }
 
     #[test]
@@ -755,7 +834,7 @@ mod tests {
         c.validate().unwrap();
         let profile = |id: &str| {
             let p = c.sandbox_profile(&tenant(id));
-            (p.instance_type.name, p.network)
+            (p.instance_type, p.network)
         };
         assert_eq!(profile("alice"), ("lite", NetworkAccess::Outbound));
         assert_eq!(profile("bob"), ("standard-2", NetworkAccess::None));
@@ -770,7 +849,7 @@ mod tests {
             "[tiers.pro]\ninstance_type = \"huge\"",
             "[tenants.alice]\ninstance_type = \"huge\"",
         ] {
-            let err = Config::parse(text).unwrap_err();
+            let err = invalid(text);
             assert!(err.contains("unknown instance type \"huge\""), "{err}");
         }
         let err = Config::parse("[tenants.\"a/b\"]\nnetwork = \"none\"").unwrap_err();

@@ -47,7 +47,7 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_stop: Option<LastStop>,
     /// The size the tenant's sandbox gets.
-    pub instance_type: &'static str,
+    pub instance_type: String,
     /// What its network reaches: `none` (loopback only) or `outbound`.
     pub network: NetworkAccess,
     /// How the workspace stands with the store.
@@ -330,7 +330,7 @@ impl Tenants {
                 state: SandboxState::Asleep,
                 since_ms: 0,
                 last_stop: None,
-                instance_type: profile.instance_type.name,
+                instance_type: profile.instance_type.to_owned(),
                 network: profile.network,
                 sync,
             },
@@ -344,7 +344,7 @@ impl Tenants {
                     at_ms,
                     detail: r.detail.clone(),
                 }),
-                instance_type: profile.instance_type.name,
+                instance_type: profile.instance_type.to_owned(),
                 network: profile.network,
                 sync,
             },
@@ -366,7 +366,7 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         state: SandboxState::Asleep,
         since_ms: unix_ms(),
         last_stop: None,
-        instance_type: profile.instance_type.name,
+        instance_type: profile.instance_type.to_owned(),
         network: profile.network,
         sync: SyncStatus::default(),
     };
@@ -919,7 +919,7 @@ async fn start_sandbox(
     })?;
     let t2 = Instant::now();
     let profile = ctx.config.sandbox_profile(handle.tenant());
-    let size = profile.instance_type;
+    let size = profile.size;
     let spec = SandboxSpec {
         tenant: handle.tenant().clone(),
         generation,

@@ -312,8 +312,14 @@ async fn a_sandbox_reaches_neither_the_gateway_nor_another_sandbox(kind: Kind) {
 }
 
 async fn instance_type_limits_are_enforced_and_an_oom_is_told_from_a_crash(kind: Kind) {
-    // lite: 1/16 vCPU, 256 MiB, 256 pids.
-    let gw = probe_gateway(kind, "instance_type = \"lite\"");
+    // A size of the deployment's own, given to this tenant alone (the default stays
+    // standard-4): 1/16 vCPU, 256 MiB, 256 pids.
+    let gw = probe_gateway(
+        kind,
+        "[instance_types.small]\nvcpu = 0.0625\nmemory_mib = 256\ndisk_gb = 2\npids = 256\n\
+         [tenants.user_a]\ninstance_type = \"small\"",
+    );
+    assert_eq!(gw.status("user_a").await["instance_type"], "small");
     let burn = ask(&gw, "user_a", "/burn?ms=1000").await;
     let cpu_ms = burn["cpu_ms"].as_u64().unwrap();
     assert!(
