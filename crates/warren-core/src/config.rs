@@ -442,6 +442,10 @@ pub struct InstanceSize {
     pub disk_gb: u64,
     /// Processes and threads at most.
     pub pids: u64,
+    /// The network of sandboxes of this size, unless their tenant or tier says
+    /// otherwise.
+    #[serde(default)]
+    pub network: Option<NetworkAccess>,
 }
 
 /// The original's instance types (vCPU, memory, disk), built in.
@@ -453,6 +457,7 @@ pub const INSTANCE_TYPES: [(&str, InstanceSize); 6] = [
             memory_mib: 256,
             disk_gb: 2,
             pids: 256,
+            network: None,
         },
     ),
     (
@@ -462,6 +467,7 @@ pub const INSTANCE_TYPES: [(&str, InstanceSize); 6] = [
             memory_mib: 1024,
             disk_gb: 4,
             pids: 512,
+            network: None,
         },
     ),
     (
@@ -471,6 +477,7 @@ pub const INSTANCE_TYPES: [(&str, InstanceSize); 6] = [
             memory_mib: 4096,
             disk_gb: 8,
             pids: 4096,
+            network: None,
         },
     ),
     (
@@ -480,6 +487,7 @@ pub const INSTANCE_TYPES: [(&str, InstanceSize); 6] = [
             memory_mib: 6144,
             disk_gb: 12,
             pids: 4096,
+            network: None,
         },
     ),
     (
@@ -489,6 +497,7 @@ pub const INSTANCE_TYPES: [(&str, InstanceSize); 6] = [
             memory_mib: 8192,
             disk_gb: 16,
             pids: 4096,
+            network: None,
         },
     ),
     (
@@ -498,6 +507,7 @@ pub const INSTANCE_TYPES: [(&str, InstanceSize); 6] = [
             memory_mib: 12288,
             disk_gb: 20,
             pids: 4096,
+            network: None,
         },
     ),
 ];
@@ -668,7 +678,8 @@ impl Config {
     }
 
     /// The instance type and network of `tenant`'s sandbox: each from the tenant's own
-    /// settings, else from its tier's, else from the top level.
+    /// settings, else from its tier's, else (the network) from its instance type's,
+    /// else from the top level.
     pub fn sandbox_profile(&self, tenant: &TenantId) -> SandboxProfile<'_> {
         let own = self.tenants.get(tenant);
         let tier = own
@@ -678,16 +689,18 @@ impl Config {
             .and_then(|t| t.instance_type.as_deref())
             .or(tier.and_then(|t| t.instance_type.as_deref()))
             .unwrap_or(&self.instance_type);
+        // Every name was checked by `validate`; a config that skipped it gets the
+        // smallest built-in size, never more than was asked.
+        let size = self
+            .instance_size(instance_type)
+            .unwrap_or(INSTANCE_TYPES[0].1);
         SandboxProfile {
             instance_type,
-            // Every name was checked by `validate`; a config that skipped it gets the
-            // smallest built-in size, never more than was asked.
-            size: self
-                .instance_size(instance_type)
-                .unwrap_or(INSTANCE_TYPES[0].1),
+            size,
             network: own
                 .and_then(|t| t.network)
                 .or(tier.and_then(|t| t.network))
+                .or(size.network)
                 .unwrap_or(self.network),
         }
     }
@@ -802,6 +815,7 @@ mod tests {
             "instance_type = \"tiny\"\n\
              [instance_types.tiny]\nvcpu = 0.1\nmemory_mib = 64\ndisk_gb = 1\npids = 32\n\
              [instance_types.lite]\nvcpu = 0.5\nmemory_mib = 512\ndisk_gb = 2\npids = 256\n\
+             network = \"outbound\"\n\
              [tenants.alice]\ninstance_type = \"lite\"\n\
              [tenants.bob]\ninstance_type = \"basic\"\n",
         )
@@ -811,6 +825,9 @@ mod tests {
         assert_eq!(size("carol").memory_mib, 64);
         assert_eq!(size("alice").memory_mib, 512, "the deployment's lite wins");
         assert_eq!(size("bob").memory_mib, 1024, "built-ins stay");
+        let network = |id: &str| c.sandbox_profile(&tenant(id)).network;
+        assert_eq!(network("alice"), NetworkAccess::Outbound, "from her size");
+        assert_eq!(network("bob"), NetworkAccess::None);
 
         let err =
             invalid("[instance_types.zero]\nvcpu = 0.0\nmemory_mib = 64\ndisk_gb = 1\npids = 32");
