@@ -7,7 +7,7 @@
 //! `/ws/api/history` is the original frontend's name for `/api/history`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -27,8 +27,6 @@ use crate::{Context, websocket};
 pub struct Edge {
     pub ctx: Arc<Context>,
     pub tenants: Tenants,
-    /// Set once shutdown begins: `/readyz` fails so balancers stop sending traffic.
-    pub draining: AtomicBool,
     pub sweep: Arc<SweepWorker>,
     requests: AtomicU64,
 }
@@ -38,7 +36,6 @@ impl Edge {
         Arc::new(Self {
             tenants: Tenants::new(ctx.clone()),
             ctx,
-            draining: AtomicBool::new(false),
             sweep: SweepWorker::new(),
             requests: AtomicU64::new(0),
         })
@@ -67,7 +64,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
-    if edge.draining.load(Ordering::Acquire) {
+    if edge.ctx.draining.load(Ordering::Acquire) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({ "status": "draining" })),
@@ -192,7 +189,7 @@ async fn forward(
     caller: &Caller,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    if edge.draining.load(Ordering::Acquire) {
+    if edge.ctx.draining.load(Ordering::Acquire) {
         // No new work, and above all no new sandbox, once shutdown has begun.
         return Err(ApiError::new(
             warren_core::ErrorCode::ShuttingDown,

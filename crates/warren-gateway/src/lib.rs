@@ -5,7 +5,7 @@
 //! bytes to the agent. Every sandbox transition is written to the state store.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -56,6 +56,9 @@ pub struct Context {
     pub agent_command: Vec<String>,
     /// The monotonic origin of activity clocks.
     pub epoch: Instant,
+    /// Set once shutdown begins: `/readyz` fails so balancers stop sending traffic, and
+    /// WebSockets closed from now on are told the service restarts (1012).
+    pub draining: AtomicBool,
     generations: AtomicU64,
 }
 
@@ -88,6 +91,7 @@ impl Context {
             upstreams,
             agent_command,
             epoch: Instant::now(),
+            draining: AtomicBool::new(false),
             // Generations only need to grow across restarts; start from the wall clock.
             generations: AtomicU64::new(unix_ms()),
         }

@@ -12,7 +12,8 @@
 //! reported to the client as 1011.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -173,7 +174,7 @@ const WS_ANSWERED: [header::HeaderName; 3] = [
 /// are joined byte for byte (as nginx does), with a frame-header tracker on each
 /// direction that sees closes and activity without touching payloads.
 pub async fn websocket(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     upstream: &Upstream,
     path_and_query: &str,
     mut request: Request<Body>,
@@ -257,9 +258,18 @@ pub async fn websocket(
         }
     }
     let client_upgrade = websocket::on_upgrade(&mut request);
+    let ctx = ctx.clone();
     tokio::spawn(async move {
         match tokio::try_join!(client_upgrade, agent_upgrade) {
-            Ok((client, agent)) => relay(TokioIo::new(client), TokioIo::new(agent), lease).await,
+            Ok((client, agent)) => {
+                relay(
+                    TokioIo::new(client),
+                    TokioIo::new(agent),
+                    lease,
+                    &ctx.draining,
+                )
+                .await
+            }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
         }
     });
@@ -269,6 +279,9 @@ pub async fn websocket(
 /// The close frame a client gets when its agent vanished without one: 1011, as a
 /// server (unmasked) frame.
 const SANDBOX_GONE: &[u8] = b"\x88\x11\x03\xf3sandbox stopped";
+/// The same while the gateway shuts down: 1012 (service restart), so a client knows
+/// to come back.
+const RESTARTING: &[u8] = b"\x88\x14\x03\xf4gateway restarting";
 
 /// Joins the client and agent connections until both directions have ended, the close
 /// handshake is complete (a close frame has been delivered each way), or one direction
@@ -277,14 +290,14 @@ const SANDBOX_GONE: &[u8] = b"\x88\x11\x03\xf3sandbox stopped";
 /// One task copies both ways (`copy_bidirectional`); each side's wrapper watches the
 /// frames written to it, so the relay knows when closes were delivered, and writes
 /// the 1011 close to a client whose agent vanished without one.
-async fn relay<C, A>(client: C, agent: A, lease: Lease)
+async fn relay<C, A>(client: C, agent: A, lease: Lease, draining: &AtomicBool)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     A: AsyncRead + AsyncWrite + Unpin,
 {
     let state = RelayState::default();
-    let mut client = Side::new(client, &state, Side::<C>::CLIENT, &lease);
-    let mut agent = Side::new(agent, &state, Side::<A>::AGENT, &lease);
+    let mut client = Side::new(client, &state, Some(draining), &lease);
+    let mut agent = Side::new(agent, &state, None, &lease);
     let failed = {
         let copy =
             tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, 16 * 1024, 16 * 1024);
@@ -356,16 +369,26 @@ struct Side<'a, T> {
     bits: (u8, u8),
     lease: &'a Lease,
     frames: FrameTracker,
-    /// How much of `SANDBOX_GONE` has been written (client side only).
-    farewell: Option<usize>,
+    /// The client side only: the gateway's draining flag, and which farewell close
+    /// frame (`SANDBOX_GONE` or `RESTARTING`) is being written and how much of it.
+    farewell: Option<Farewell<'a>>,
+}
+
+struct Farewell<'a> {
+    draining: &'a AtomicBool,
+    frame: Option<&'static [u8]>,
+    sent: usize,
 }
 
 impl<'a, T> Side<'a, T> {
-    const CLIENT: bool = true;
-    const AGENT: bool = false;
-
-    fn new(io: T, state: &'a RelayState, client: bool, lease: &'a Lease) -> Self {
-        let bits = if client {
+    /// The client's side (with the draining flag) or the agent's (`None`).
+    fn new(
+        io: T,
+        state: &'a RelayState,
+        draining: Option<&'a AtomicBool>,
+        lease: &'a Lease,
+    ) -> Self {
+        let bits = if draining.is_some() {
             (CLOSE_TO_CLIENT, ENDED_TO_CLIENT)
         } else {
             (CLOSE_TO_AGENT, ENDED_TO_AGENT)
@@ -376,7 +399,11 @@ impl<'a, T> Side<'a, T> {
             bits,
             lease,
             frames: FrameTracker::default(),
-            farewell: client.then_some(0),
+            farewell: draining.map(|draining| Farewell {
+                draining,
+                frame: None,
+                sent: 0,
+            }),
         }
     }
 }
@@ -412,20 +439,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Side<'_, T> {
     }
 
     /// The copy towards this side has ended. A client whose agent vanished without a
-    /// close gets 1011 first.
+    /// close gets 1011 first (1012 if the gateway is shutting down).
     fn poll_shutdown(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        while let Some(sent) = this.farewell
+        while let Some(farewell) = this.farewell.as_mut()
             && !this.state.any_close()
-            && (sent > 0 || this.frames.at_boundary())
-            && sent < SANDBOX_GONE.len()
+            && (farewell.sent > 0 || this.frames.at_boundary())
         {
-            match std::task::ready!(Pin::new(&mut this.io).poll_write(cx, &SANDBOX_GONE[sent..]))? {
+            let frame = *farewell.frame.get_or_insert_with(|| {
+                if farewell.draining.load(Ordering::Acquire) {
+                    RESTARTING
+                } else {
+                    SANDBOX_GONE
+                }
+            });
+            if farewell.sent == frame.len() {
+                break;
+            }
+            match std::task::ready!(Pin::new(&mut this.io).poll_write(cx, &frame[farewell.sent..]))?
+            {
                 0 => this.farewell = None,
-                n => this.farewell = Some(sent + n),
+                n => farewell.sent += n,
             }
         }
         this.state.set(this.bits.1);
@@ -566,6 +603,7 @@ mod tests {
             Some((1, 65536))
         );
         assert_eq!(SANDBOX_GONE.len(), 2 + 0x11);
+        assert_eq!(RESTARTING.len(), 2 + 0x14);
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Gateway {
             let _ = sweep.await;
         }
         tracing::info!("shutting down: no new connections; stopping every sandbox");
-        self.edge.draining.store(true, Ordering::Release);
+        self.edge.ctx.draining.store(true, Ordering::Release);
         let _ = stop_accepting.send(());
         self.edge.tenants.stop_all(StopCause::Shutdown).await;
         match tokio::time::timeout(DRAIN_DEADLINE, server).await {

@@ -489,6 +489,26 @@ async fn a_queued_start_is_served_when_a_websocket_closes() {
     assert_eq!(gw.state("user_a").await, "asleep");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_shutting_down_closes_websockets_with_1012_service_restart() {
+    let mut gw = Gateway::start("");
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "hello").await;
+    // The close arrives while the gateway drains; it waits in the socket.
+    tokio::task::block_in_place(|| gw.stop());
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a close within 10 s")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Restart));
+}
+
 #[tokio::test]
 async fn a_crashed_agent_is_noticed_recorded_and_restarted() {
     let gw = Gateway::start("");

@@ -37,6 +37,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub stderr: PathBuf,
+    env: Vec<(String, String)>,
     signer: Signer,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -63,6 +64,43 @@ impl Reply {
     }
 }
 
+/// Starts `warren serve` with `<dir>/warren.toml` and data in `<dir>/data`, listening on
+/// `listen`; returns once it printed its address.
+fn spawn(dir: &Path, listen: &str, env: &[(String, String)], stderr: &Path) -> (Child, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr)
+        .unwrap();
+    let mut child = Command::new(warren_bin())
+        .args(["serve", "--listen", listen, "--config"])
+        .arg(dir.join("warren.toml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("WARREN_SIGNING_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("warren listening on http://")
+        .unwrap_or_else(|| {
+            panic!(
+                "gateway did not start: {line:?}\n{}",
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            )
+        })
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
 pub fn warren_bin() -> &'static str {
     env!("CARGO_BIN_EXE_warren")
 }
@@ -82,47 +120,40 @@ impl Gateway {
 
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("warren.toml");
         std::fs::write(
-            &config_path,
+            dir.path().join("warren.toml"),
             format!("{config}\n[auth]\nsigning_secret = \"{SECRET}\"\n"),
         )
         .unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let stderr = dir.path().join("gateway.log");
-        let mut child = Command::new(warren_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .envs(env.iter().copied())
-            .env_remove("WARREN_SIGNING_SECRET")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("warren listening on http://")
-            .unwrap_or_else(|| {
-                panic!(
-                    "gateway did not start: {line:?}\n{}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                )
-            })
-            .parse()
-            .unwrap();
+        let (child, addr) = spawn(dir.path(), "127.0.0.1:0", &env, &stderr);
         Self {
             child,
             addr,
             dir,
             stderr,
+            env,
             signer: Signer::new(SECRET.as_bytes()),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Stops the gateway (SIGTERM, waiting for it to exit) and starts a new one with
+    /// the same config and data dir on the same address, as an upgrade would.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, addr) = spawn(
+            self.dir.path(),
+            &self.addr.to_string(),
+            &self.env,
+            &self.stderr,
+        );
+        assert_eq!(addr, self.addr);
+        self.child = child;
     }
 
     pub fn data_dir(&self) -> PathBuf {
