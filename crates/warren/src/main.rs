@@ -23,6 +23,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Print a signed URL for a user.
     Token(commands::token::Args),
+    /// Chat with a user's agent from the terminal, riding out gateway restarts.
+    Chat(commands::chat::Args),
     /// Run the built-in echo agent (the default workload of every sandbox).
     EchoAgent(commands::echo_agent::Args),
     /// Put a tenant's workspace in the store now.
@@ -40,6 +42,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Token(args) => commands::token::run(args),
+        Command::Chat(args) => commands::chat::run(args),
         Command::EchoAgent(args) => commands::echo_agent::run(args),
         Command::Sync(args) => commands::sync::run(args),
         Command::Sweep(args) => commands::sweep::run(args),

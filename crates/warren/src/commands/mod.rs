@@ -1,3 +1,4 @@
+pub mod chat;
 pub mod echo_agent;
 pub mod restore;
 pub mod serve;

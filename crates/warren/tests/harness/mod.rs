@@ -146,6 +146,11 @@ impl Gateway {
     /// the same config and data dir on the same address, as an upgrade would.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts a stopped gateway again, on the same address, config and data dir.
+    pub fn start_again(&mut self) {
         let (child, addr) = spawn(
             self.dir.path(),
             &self.addr.to_string(),
