@@ -596,6 +596,7 @@ impl Actor {
                     pid: Some(sandbox.pid),
                     pid_start_ticks: Some(sandbox.pid_start_ticks),
                     address: Some(sandbox.address.to_string()),
+                    container: sandbox.container.clone(),
                 };
                 let watcher = sandbox.clone();
                 let tx = self.handle.tx.clone();

@@ -34,6 +34,7 @@ pub async fn run(store: &dyn StateStore) {
         pid: Some(4242),
         pid_start_ticks: Some(987_654),
         address: Some("127.0.0.1:40001".into()),
+        container: Some("c0ffee".into()),
     };
     store
         .record(&transition("user_a", SandboxState::Starting, 1_000))

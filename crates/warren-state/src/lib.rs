@@ -25,6 +25,8 @@ pub struct SandboxIdentity {
     pub pid_start_ticks: Option<u64>,
     /// Where the agent listens.
     pub address: Option<String>,
+    /// The container's id, for a container runtime.
+    pub container: Option<String>,
 }
 
 /// One change of a tenant's sandbox state.

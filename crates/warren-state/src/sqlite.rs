@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     address         TEXT,
     last_stop_cause TEXT,
     last_stop_ms    INTEGER,
-    detail          TEXT
+    detail          TEXT,
+    container       TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,6 +59,19 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        // Databases from before containers lack the column.
+        let has_container: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'container'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(backend)?
+            > 0;
+        if !has_container {
+            conn.execute("ALTER TABLE sandboxes ADD COLUMN container TEXT", [])
+                .map_err(backend)?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -94,7 +108,7 @@ fn cause_of(raw: Option<String>) -> Result<Option<StopCause>, StateError> {
     .transpose()
 }
 
-const SANDBOX_COLUMNS: &str = "tenant_id, state, since_ms, generation, pid, pid_start_ticks, address, last_stop_cause, last_stop_ms, detail";
+const SANDBOX_COLUMNS: &str = "tenant_id, state, since_ms, generation, pid, pid_start_ticks, address, last_stop_cause, last_stop_ms, detail, container";
 
 type SandboxRow = (
     String,
@@ -106,6 +120,7 @@ type SandboxRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Option<String>,
     Option<String>,
 );
 
@@ -121,16 +136,30 @@ fn read_sandbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
         row.get(7)?,
         row.get(8)?,
         row.get(9)?,
+        row.get(10)?,
     ))
 }
 
 fn sandbox_record(row: SandboxRow) -> Result<SandboxRecord, StateError> {
-    let (tenant, state, since_ms, generation, pid, ticks, address, cause, stop_ms, detail) = row;
+    let (
+        tenant,
+        state,
+        since_ms,
+        generation,
+        pid,
+        ticks,
+        address,
+        cause,
+        stop_ms,
+        detail,
+        container,
+    ) = row;
     let identity = generation.map(|generation| SandboxIdentity {
         generation: generation as u64,
         pid: pid.map(|p| p as u32),
         pid_start_ticks: ticks.map(|t| t as u64),
         address,
+        container,
     });
     let last_stop = match (cause_of(cause)?, stop_ms) {
         (Some(cause), Some(at)) => Some((cause, at as u64)),
@@ -156,11 +185,12 @@ impl StateStore for SqliteStore {
             let stopped = t.cause.map(|c| (c.as_str(), t.at_ms as i64));
             tx.execute(
                 "INSERT INTO sandboxes (tenant_id, state, since_ms, generation, pid, pid_start_ticks, address,
-                                        last_stop_cause, last_stop_ms, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                                        last_stop_cause, last_stop_ms, detail, container)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (tenant_id) DO UPDATE SET
                     state = excluded.state, since_ms = excluded.since_ms, generation = excluded.generation,
                     pid = excluded.pid, pid_start_ticks = excluded.pid_start_ticks, address = excluded.address,
+                    container = excluded.container,
                     last_stop_cause = COALESCE(excluded.last_stop_cause, sandboxes.last_stop_cause),
                     last_stop_ms = COALESCE(excluded.last_stop_ms, sandboxes.last_stop_ms),
                     detail = COALESCE(excluded.detail, sandboxes.detail)",
@@ -175,6 +205,7 @@ impl StateStore for SqliteStore {
                     stopped.map(|s| s.0),
                     stopped.map(|s| s.1),
                     t.detail,
+                    id.and_then(|i| i.container.clone()),
                 ],
             )
             .map_err(backend)?;
@@ -266,6 +297,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
         crate::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_containers_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(&SCHEMA.replace(",\n    container       TEXT", ""))
+            .unwrap();
+        old.execute(
+            "INSERT INTO sandboxes (tenant_id, state, since_ms) VALUES ('user_a', 'asleep', 1)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let store = SqliteStore::open(&path).unwrap();
+        let tenant = TenantId::parse("user_a").unwrap();
+        assert_eq!(store.sandbox(&tenant).await.unwrap().unwrap().since_ms, 1);
+        let identity = SandboxIdentity {
+            generation: 2,
+            pid: Some(7),
+            pid_start_ticks: Some(8),
+            address: None,
+            container: Some("abc".into()),
+        };
+        let t = Transition {
+            tenant: tenant.clone(),
+            state: SandboxState::Ready,
+            at_ms: 9,
+            cause: None,
+            identity: Some(identity.clone()),
+            detail: None,
+        };
+        store.record(&t).await.unwrap();
+        let record = store.sandbox(&tenant).await.unwrap().unwrap();
+        assert_eq!(record.identity, Some(identity));
+        // And opening it again is a no-op.
+        drop(store);
+        SqliteStore::open(&path).unwrap();
     }
 
     #[tokio::test]
