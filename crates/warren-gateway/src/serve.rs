@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use warren_core::sandbox::{SandboxState, StopCause};
-use warren_runtime::process::process_start_ticks;
+use warren_runtime::Survivor;
+use warren_runtime::process::still_running;
 use warren_state::Transition;
 
 use crate::edge::{self, Edge};
@@ -37,34 +38,54 @@ impl Gateway {
         }
     }
 
-    /// Settles sandboxes a previous run of the gateway recorded as live. Until
-    /// re-adoption exists, a survivor whose identity checks out (same pid, same start
-    /// time) is stopped, so a tenant never has two; either way it is recorded asleep.
+    /// Settles sandboxes a previous run of the gateway recorded as live: one that still
+    /// runs and is the one recorded (same process and start time, same container) is
+    /// taken over as it is; one that ended meanwhile is recorded as a crash and its
+    /// workspace synced from disk.
     pub async fn recover(&self) -> anyhow::Result<()> {
         let ctx = &self.edge.ctx;
         for record in ctx.state.live_sandboxes().await? {
-            let identity = record.identity.as_ref();
-            let survivor = identity.and_then(|i| Some((i.pid?, i.pid_start_ticks?)));
-            let mut detail = "the gateway restarted; the sandbox was gone".to_owned();
-            if let Some((pid, ticks)) = survivor
-                && process_start_ticks(pid) == Some(ticks)
-            {
-                let group = nix::unistd::Pid::from_raw(pid as i32);
-                if nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok() {
-                    detail =
-                        format!("the gateway restarted; stopped the surviving sandbox (pid {pid})");
+            let tenant = record.tenant.clone();
+            let survivor = record.identity.as_ref().and_then(|i| {
+                Some(Survivor {
+                    tenant: tenant.clone(),
+                    generation: i.generation,
+                    pid: i.pid?,
+                    pid_start_ticks: i.pid_start_ticks?,
+                    address: i.address.as_deref().and_then(|a| a.parse().ok()),
+                    container: i.container.clone(),
+                })
+            });
+            let mut detail = "it ended while no gateway ran".to_owned();
+            if let Some(survivor) = &survivor {
+                match ctx.runtime.adopt(survivor).await {
+                    Ok(Some(sandbox)) => {
+                        tracing::info!(%tenant, pid = survivor.pid, "took over a running sandbox");
+                        self.edge.tenants.adopt(sandbox);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Alive but unusable: stop it, so a tenant never has two.
+                        detail = format!("it could not be taken over ({e}); stopped it");
+                        let group = nix::unistd::Pid::from_raw(survivor.pid as i32);
+                        if still_running(survivor.pid, survivor.pid_start_ticks) {
+                            let _ =
+                                nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                        }
+                    }
                 }
             }
             // Whatever it wrote before it went is on disk: put it in the store.
-            if let Err(e) = ctx.sync.sync(&record.tenant, None).await {
+            if let Err(e) = ctx.sync.sync(&tenant, None).await {
                 detail = format!("{detail}; sync failed, changes kept locally: {e}");
             }
-            tracing::info!(tenant = %record.tenant, %detail, "recovered a sandbox record");
+            tracing::info!(%tenant, %detail, "recovered a sandbox record");
             let t = Transition {
-                tenant: record.tenant.clone(),
+                tenant,
                 state: SandboxState::Asleep,
                 at_ms: unix_ms(),
-                cause: Some(StopCause::Shutdown),
+                cause: Some(StopCause::Crash),
                 identity: None,
                 detail: Some(detail),
             };

@@ -62,8 +62,9 @@ pub struct LastStop {
     pub detail: Option<String>,
 }
 
-/// How long each phase of a start took.
-#[derive(Debug, Clone, Copy)]
+/// How long each phase of a start took (all zero for a sandbox taken over from an
+/// earlier gateway).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct StartPhases {
     pub admission: Duration,
     pub restore: Duration,
@@ -111,6 +112,8 @@ enum Command {
     /// Do not start again until the guard is dropped (an operator's restore).
     Hold(oneshot::Sender<Result<HoldGuard, ApiError>>, bool),
     Started(u64, Box<Result<Started, ApiError>>),
+    /// Take over a sandbox an earlier gateway started.
+    Adopt(Box<Sandbox>),
     Exited(u64, Exit),
     Stopped(u64, String),
     Released,
@@ -305,6 +308,12 @@ impl Tenants {
         handle
     }
 
+    /// Takes over a sandbox an earlier gateway started and left running.
+    pub fn adopt(&self, sandbox: Sandbox) {
+        let handle = self.handle(&sandbox.tenant);
+        let _ = handle.tx.send(Command::Adopt(Box::new(sandbox)));
+    }
+
     /// The freeze of a tenant's running sandbox, if one runs.
     pub fn freeze(&self, tenant: &TenantId) -> Option<Arc<dyn Freeze>> {
         self.actors().get(tenant).and_then(TenantHandle::freeze)
@@ -496,6 +505,7 @@ impl Actor {
                     }
                 }
                 Command::Started(generation, result) => self.started(generation, *result).await,
+                Command::Adopt(sandbox) => self.adopt(*sandbox).await,
                 Command::Exited(generation, exit) => self.exited(generation, exit).await,
                 Command::Stopped(generation, detail) => self.stopped(generation, detail).await,
             }
@@ -574,6 +584,42 @@ impl Actor {
                 tokio::time::sleep_until(at).await;
             }
             let result = start_sandbox(&ctx, &handle, generation).await;
+            let _ = handle
+                .tx
+                .send(Command::Started(generation, Box::new(result)));
+        });
+    }
+
+    /// Makes `sandbox`, which an earlier gateway started and left running, this
+    /// tenant's running sandbox: a slot, a name in the proxy, the sync watch, `Ready`.
+    async fn adopt(&mut self, sandbox: Sandbox) {
+        if !matches!(self.phase, Phase::Asleep) {
+            return;
+        }
+        let generation = sandbox.generation;
+        self.phase = Phase::Starting(generation);
+        let ctx = self.ctx.clone();
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let result = match ctx.admission.acquire(&handle).await {
+                Ok(slot) => Ok(Started {
+                    upstream: ctx.upstreams.insert(generation, sandbox.endpoint.clone()),
+                    sandbox,
+                    slot,
+                    phases: StartPhases::default(),
+                }),
+                Err(e) => {
+                    // No room (more survivors than max_instances): it cannot stay.
+                    let _ = ctx
+                        .runtime
+                        .stop(&sandbox, ctx.config.runtime.stop_grace.0)
+                        .await;
+                    Err(ApiError::new(
+                        ErrorCode::CapacityExhausted,
+                        format!("no slot for a surviving sandbox: {e:?}"),
+                    ))
+                }
+            };
             let _ = handle
                 .tx
                 .send(Command::Started(generation, Box::new(result)));

@@ -54,6 +54,18 @@ impl Hierarchy {
         .then_some(Hierarchy::V1 { memory, cpu, pids })
     }
 
+    /// The warren cgroup (`warren/<name>`) process `pid` is in or below, if any.
+    pub fn warren_cgroup_of(&self, pid: u32) -> Option<Cgroup> {
+        let procs = self.procs_file_of(pid)?;
+        let base = match self {
+            Hierarchy::V2 { root } => root,
+            Hierarchy::V1 { pids, .. } => pids,
+        };
+        let relative = procs.parent()?.strip_prefix(base.join("warren")).ok()?;
+        let name = relative.components().next()?.as_os_str().to_str()?;
+        Some(Cgroup::open(self, name))
+    }
+
     /// The `cgroup.procs` of the cgroup process `pid` is in (its pids controller's, on
     /// v1): every process of a container, whoever made its cgroup.
     pub fn procs_file_of(&self, pid: u32) -> Option<PathBuf> {
@@ -89,6 +101,32 @@ fn write(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
 }
 
 impl Cgroup {
+    /// The cgroup `warren/<name>` as it is (made by an earlier gateway, say).
+    pub fn open(hierarchy: &Hierarchy, name: &str) -> Self {
+        match hierarchy {
+            Hierarchy::V2 { root } => {
+                let dir = root.join("warren").join(name);
+                Self {
+                    dirs: vec![dir.clone()],
+                    memory: dir,
+                    v2: true,
+                }
+            }
+            Hierarchy::V1 { memory, cpu, pids } => {
+                let m = memory.join("warren").join(name);
+                Self {
+                    dirs: vec![
+                        m.clone(),
+                        cpu.join("warren").join(name),
+                        pids.join("warren").join(name),
+                    ],
+                    memory: m,
+                    v2: false,
+                }
+            }
+        }
+    }
+
     /// Creates the cgroup `warren/<name>` with `limits`. Fails if it exists already.
     pub fn create(hierarchy: &Hierarchy, name: &str, limits: &Limits) -> std::io::Result<Self> {
         let quota = (limits.cpu_millis * CPU_PERIOD_US / 1000).max(1000);

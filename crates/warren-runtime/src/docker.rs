@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerState, HostConfig, ResourcesUlimits};
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    CreateContainerOptions, LogsOptions, PruneContainersOptions, RemoveContainerOptions,
     StopContainerOptions,
 };
 use futures_util::StreamExt as _;
@@ -37,8 +37,8 @@ use warren_core::layout::Layout;
 
 use crate::cgroup::{Cgroup, Hierarchy, OomWatch};
 use crate::netns::{Connector, Endpoint};
-use crate::process::process_start_ticks;
-use crate::{Exit, Network, Runtime, RuntimeError, Sandbox, SandboxSpec};
+use crate::process::{process_start_ticks, still_running};
+use crate::{Exit, Network, Runtime, RuntimeError, Sandbox, SandboxSpec, Survivor};
 
 /// Where the workspace is inside a container.
 const WORKSPACE: &str = "/workspace";
@@ -110,30 +110,19 @@ impl DockerRuntime {
         Ok(runtime)
     }
 
-    /// Removes this data dir's containers that are no longer running.
+    /// Removes this data dir's containers that are no longer running (a prune, not a
+    /// listing: Podman lists states, such as `stopped`, that Docker's API does not name).
     async fn remove_ended(&self) -> Result<(), RuntimeError> {
-        let filters = HashMap::from([
-            (
-                "label".to_owned(),
-                vec![format!("{DATA_DIR_LABEL}={}", self.data_dir)],
-            ),
-            (
-                "status".to_owned(),
-                vec!["exited".to_owned(), "created".to_owned()],
-            ),
-        ]);
-        let ended = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{DATA_DIR_LABEL}={}", self.data_dir)],
+        )]);
+        self.docker
+            .prune_containers(Some(PruneContainersOptions {
                 filters: Some(filters),
-                ..Default::default()
             }))
             .await
-            .map_err(engine("cannot list containers"))?;
-        for id in ended.into_iter().filter_map(|c| c.id) {
-            let _ = self.docker.remove_container(&id, Some(force())).await;
-        }
+            .map_err(engine("cannot remove ended containers"))?;
         Ok(())
     }
 
@@ -432,6 +421,60 @@ impl Runtime for DockerRuntime {
             workspace,
             exited,
         })
+    }
+
+    async fn adopt(&self, survivor: &Survivor) -> Result<Option<Sandbox>, RuntimeError> {
+        let Some(id) = &survivor.container else {
+            return Ok(None);
+        };
+        let info = match self.docker.inspect_container(id, None).await {
+            Ok(info) => info,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(engine("cannot inspect a surviving container")(e)),
+        };
+        let state = info.state.unwrap_or_default();
+        let pid = survivor.pid;
+        if state.running != Some(true)
+            || state.pid != Some(i64::from(pid))
+            || !still_running(pid, survivor.pid_start_ticks)
+        {
+            return Ok(None);
+        }
+        let netns = File::open(format!("/proc/{pid}/ns/net")).map_err(RuntimeError::Spawn)?;
+        // Its cgroup of warren's own, if it was made in one: the OOM watch is new.
+        let limited = match self.cgroups.as_ref().and_then(|h| h.warren_cgroup_of(pid)) {
+            Some(cgroup) => match cgroup.watch_oom() {
+                Ok(oom) => Some(Limited { cgroup, oom }),
+                Err(e) => return Err(RuntimeError::Cgroup(e)),
+            },
+            None => None,
+        };
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.options.agent_port));
+        let (tx, exited) = watch::channel(None);
+        let docker = self.docker.clone();
+        let (container, log) = (id.clone(), self.layout.agent_log(&survivor.tenant));
+        tokio::spawn(async move {
+            let exit = watch_container(docker, container, log, limited).await;
+            tx.send_replace(Some(exit));
+        });
+        Ok(Some(Sandbox {
+            tenant: survivor.tenant.clone(),
+            generation: survivor.generation,
+            address,
+            endpoint: Endpoint {
+                addr: address,
+                netns: Some(Arc::new(netns)),
+            },
+            pid,
+            pid_start_ticks: survivor.pid_start_ticks,
+            inner_pid: Some(pid),
+            cgroup_procs: self.cgroups.as_ref().and_then(|h| h.procs_file_of(pid)),
+            container: Some(id.clone()),
+            workspace: self.layout.workspace(&survivor.tenant),
+            exited,
+        }))
     }
 
     async fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<Exit, RuntimeError> {

@@ -59,6 +59,8 @@ pub enum Exit {
     Signal(i32),
     /// Killed by the kernel for going over its memory limit.
     OutOfMemory,
+    /// Ended, but its status went to the gateway that started it, not this one.
+    Unknown,
 }
 
 impl std::fmt::Display for Exit {
@@ -67,6 +69,7 @@ impl std::fmt::Display for Exit {
             Exit::Code(c) => write!(f, "exit code {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
             Exit::OutOfMemory => write!(f, "killed for going over its memory limit"),
+            Exit::Unknown => write!(f, "ended (its exit status went to an earlier gateway)"),
         }
     }
 }
@@ -132,11 +135,28 @@ pub enum RuntimeError {
     FreezeTimeout(Duration),
 }
 
+/// What a runtime needs to find a sandbox an earlier gateway started.
+#[derive(Debug, Clone)]
+pub struct Survivor {
+    pub tenant: TenantId,
+    pub generation: u64,
+    pub pid: u32,
+    pub pid_start_ticks: u64,
+    /// Where its agent listens, as recorded.
+    pub address: Option<SocketAddr>,
+    pub container: Option<String>,
+}
+
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Creates the sandbox and starts its agent. Returns once the process exists; the
     /// caller probes readiness.
     async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError>;
+
+    /// Takes over a sandbox an earlier gateway started, if it still runs and is the
+    /// one recorded (same process and start time, same container), as if this gateway
+    /// had started it. `None`: it is gone.
+    async fn adopt(&self, survivor: &Survivor) -> Result<Option<Sandbox>, RuntimeError>;
 
     /// Stops the sandbox: SIGTERM, then SIGKILL after `grace`. Returns how it ended.
     async fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<Exit, RuntimeError>;

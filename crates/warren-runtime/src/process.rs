@@ -34,7 +34,7 @@ use warren_core::layout::Layout;
 
 use crate::cgroup::{Cgroup, Hierarchy};
 use crate::netns::Endpoint;
-use crate::{Exit, Network, Runtime, RuntimeError, Sandbox, SandboxSpec};
+use crate::{Exit, Network, Runtime, RuntimeError, Sandbox, SandboxSpec, Survivor};
 
 /// How a process sandbox is isolated.
 #[derive(Debug, Clone)]
@@ -195,18 +195,28 @@ async fn start_slirp(
     }
 }
 
+/// The first child of process `pid`.
+fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// How often an adopted sandbox (whose exit goes to its first parent, not to this
+/// gateway) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+
 /// The process that bubblewrap started inside the new namespaces: its child.
 async fn namespaced_child(
     pid: u32,
     child: &mut tokio::process::Child,
 ) -> Result<u32, RuntimeError> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        if let Some(inner) = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|c| c.split_whitespace().next()?.parse().ok())
-        {
+        if let Some(inner) = first_child(pid) {
             return Ok(inner);
         }
         let gone = !matches!(child.try_wait(), Ok(None));
@@ -225,6 +235,20 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 2..];
     after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process `pid` that started at `ticks` still runs: not gone, not another
+/// process that reused its pid, not a zombie its new parent has yet to reap.
+pub fn still_running(pid: u32, ticks: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, after_name)) = stat.rsplit_once(") ") else {
+        return false;
+    };
+    let mut fields = after_name.split_whitespace();
+    let state = fields.next().unwrap_or("X");
+    !matches!(state, "Z" | "X") && fields.nth(18).and_then(|t| t.parse().ok()) == Some(ticks)
 }
 
 fn exit_of(status: std::process::ExitStatus) -> Exit {
@@ -455,6 +479,79 @@ impl Runtime for ProcessRuntime {
             workspace,
             exited,
         })
+    }
+
+    async fn adopt(&self, survivor: &Survivor) -> Result<Option<Sandbox>, RuntimeError> {
+        let (pid, ticks) = (survivor.pid, survivor.pid_start_ticks);
+        if !still_running(pid, ticks) {
+            return Ok(None);
+        }
+        let gone = |what: &str| {
+            RuntimeError::Spawn(std::io::Error::other(format!(
+                "the surviving sandbox (pid {pid}) has no {what}"
+            )))
+        };
+        let (address, netns, inner_pid) = match &self.isolation {
+            Isolation::None => (
+                survivor.address.ok_or_else(|| gone("recorded address"))?,
+                None,
+                None,
+            ),
+            Isolation::Namespaces { agent_port, .. } => {
+                let inner = first_child(pid).ok_or_else(|| gone("namespace"))?;
+                let netns =
+                    File::open(format!("/proc/{inner}/ns/net")).map_err(RuntimeError::Spawn)?;
+                (
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, *agent_port)),
+                    Some(Arc::new(netns)),
+                    Some(inner),
+                )
+            }
+        };
+        let cgroup = self
+            .cgroups
+            .as_ref()
+            .and_then(|h| h.warren_cgroup_of(inner_pid.unwrap_or(pid)));
+        let cgroup_procs = cgroup
+            .as_ref()
+            .and_then(|c| c.procs_files().into_iter().next());
+        let members = match (&cgroup_procs, inner_pid.and_then(pid_namespace)) {
+            (Some(procs), _) => Members::Cgroup(procs.clone()),
+            (None, Some(ns)) => Members::Namespace(ns),
+            (None, None) => Members::Group(pid),
+        };
+        let (tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            // Not its parent: this gateway cannot wait for it, only see it gone.
+            while still_running(pid, ticks) {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            members.signal(Signal::SIGKILL);
+            let mut exit = Exit::Unknown;
+            if let Some(cgroup) = cgroup {
+                if cgroup.oom_killed() {
+                    exit = Exit::OutOfMemory;
+                }
+                cgroup.remove_when_empty().await;
+            }
+            tx.send_replace(Some(exit));
+        });
+        Ok(Some(Sandbox {
+            tenant: survivor.tenant.clone(),
+            generation: survivor.generation,
+            address,
+            endpoint: Endpoint {
+                addr: address,
+                netns,
+            },
+            pid,
+            pid_start_ticks: ticks,
+            inner_pid,
+            cgroup_procs,
+            container: None,
+            workspace: self.layout.workspace(&survivor.tenant),
+            exited,
+        }))
     }
 
     async fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<Exit, RuntimeError> {
@@ -815,5 +912,22 @@ pub(crate) mod tests {
         let me = std::process::id();
         assert!(process_start_ticks(me).unwrap() > 0);
         assert_eq!(process_start_ticks(u32::MAX), None);
+        let ticks = process_start_ticks(me).unwrap();
+        assert!(still_running(me, ticks));
+        assert!(
+            !still_running(me, ticks + 1),
+            "another process with this pid"
+        );
+        // A child that exited and is not yet reaped is a zombie: not running.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = child.id();
+        let zombie_ticks = process_start_ticks(zombie).unwrap();
+        while std::fs::read_to_string(format!("/proc/{zombie}/stat"))
+            .is_ok_and(|s| !s.rsplit_once(") ").unwrap().1.starts_with('Z'))
+        {
+            std::thread::yield_now();
+        }
+        assert!(!still_running(zombie, zombie_ticks));
+        child.wait().unwrap();
     }
 }

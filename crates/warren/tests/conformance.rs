@@ -31,6 +31,12 @@ impl std::ops::Deref for Probe {
     }
 }
 
+impl std::ops::DerefMut for Probe {
+    fn deref_mut(&mut self) -> &mut Gateway {
+        &mut self.gw
+    }
+}
+
 const PROBE_IMAGE: &str = "localhost/warren-probe:test";
 
 fn probe_gateway(kind: Kind, extra: &str) -> Probe {
@@ -119,6 +125,8 @@ conformance!(
     instance_type_limits_are_enforced_and_an_oom_is_told_from_a_crash,
     outbound_network_is_off_by_default_and_allowed_per_tenant,
     a_running_sandbox_syncs_and_answers_after_the_capture,
+    a_gateway_killed_hard_takes_its_sandboxes_back_as_they_are,
+    a_sandbox_that_ended_while_no_gateway_ran_is_recorded_and_synced,
 );
 
 async fn ask(gw: &Gateway, user: &str, path: &str) -> serde_json::Value {
@@ -412,4 +420,73 @@ async fn a_running_sandbox_syncs_and_answers_after_the_capture(kind: Kind) {
     assert!(report["files"].as_u64().unwrap() >= 1, "{report}");
     // And thawed it: the agent answers again.
     assert_eq!(ask(&gw, "user_a", "/whoami").await["tenant"], "user_a");
+}
+
+async fn a_gateway_killed_hard_takes_its_sandboxes_back_as_they_are(kind: Kind) {
+    let mut gw = probe_gateway(kind, "");
+    assert_eq!(outcome(&gw, "user_a", "/write?path=before.txt").await, "ok");
+    let pid = gw.agent_pid("user_a").await;
+    gw.crash();
+    assert!(
+        harness::process_alive(pid),
+        "the sandbox died with the gateway"
+    );
+    gw.start_again();
+    gw.wait_for_state("user_a", "ready", Duration::from_secs(10))
+        .await;
+    // The same sandbox, not a new one: the same process, its /tmp as it was.
+    assert_eq!(gw.agent_pid("user_a").await, pid);
+    assert_eq!(outcome(&gw, "user_a", "/write?path=/tmp/mark").await, "ok");
+    assert_eq!(outcome(&gw, "user_a", "/read?path=before.txt").await, "ok");
+    // And it is this gateway's now: its shutdown stops it.
+    gw.stop();
+    harness::wait_gone(pid, Duration::from_secs(20)).await;
+}
+
+async fn a_sandbox_that_ended_while_no_gateway_ran_is_recorded_and_synced(kind: Kind) {
+    let mut gw = probe_gateway(kind, "");
+    assert_eq!(outcome(&gw, "user_a", "/write?path=first.txt").await, "ok");
+    let pid = gw.agent_pid("user_a").await;
+    let seq_before = gw.status("user_a").await["sync"]["seq"].as_u64();
+    gw.crash();
+    // The sandbox ends while no gateway runs (its first process inside is killed, and
+    // the rest with it), after leaving a last change on disk.
+    let inside = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<i32>()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inside),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    harness::wait_gone(pid, Duration::from_secs(20)).await;
+    std::fs::write(
+        gw.data_dir().join("tenants/user_a/workspace/last.txt"),
+        "written while no gateway ran",
+    )
+    .unwrap();
+
+    gw.start_again();
+    let status = gw.status("user_a").await;
+    assert_eq!(status["state"], "asleep", "{status}");
+    assert_eq!(status["last_stop"]["cause"], "crash", "{status}");
+    assert!(
+        status["last_stop"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ended while no gateway ran"),
+        "{status}"
+    );
+    // The last change is in a snapshot made at the restart.
+    let seq_after = status["sync"]["seq"].as_u64().expect("a snapshot");
+    assert!(
+        seq_before.is_none_or(|before| seq_after > before),
+        "{status}"
+    );
+    // And the next request starts it again, with the change.
+    assert_eq!(outcome(&gw, "user_a", "/read?path=last.txt").await, "ok");
 }

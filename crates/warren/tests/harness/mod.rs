@@ -149,6 +149,12 @@ impl Gateway {
         self.start_again();
     }
 
+    /// Kills the gateway with SIGKILL (a crash) and waits for it to be gone.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts a stopped gateway again, on the same address, config and data dir.
     pub fn start_again(&mut self) {
         let (child, addr) = spawn(
