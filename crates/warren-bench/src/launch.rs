@@ -36,6 +36,9 @@ pub struct Spawned {
     child: Child,
     /// Where its stderr goes, shown when it fails.
     log: PathBuf,
+    /// What ends it: SIGTERM, but SIGINT for a gateway, which on SIGTERM would leave
+    /// its sandboxes running for a next gateway.
+    stop_signal: Signal,
 }
 
 impl Spawned {
@@ -53,6 +56,7 @@ impl Spawned {
             name: name.to_owned(),
             child,
             log: log.to_owned(),
+            stop_signal: Signal::SIGTERM,
         })
     }
 
@@ -77,7 +81,7 @@ impl Spawned {
         let Some(pid) = self.child.id() else {
             return Ok(Duration::ZERO);
         };
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(pid as i32), self.stop_signal);
         match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
             Ok(status) => {
                 let status = status?;
@@ -105,7 +109,7 @@ impl Drop for Spawned {
         let Some(pid) = self.child.id() else {
             return;
         };
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(pid as i32), self.stop_signal);
         let deadline = std::time::Instant::now() + STOP_GRACE;
         while std::time::Instant::now() < deadline {
             if !matches!(self.child.try_wait(), Ok(None)) {
@@ -225,6 +229,7 @@ impl Gateway {
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped());
         let mut process = Spawned::spawn("warren serve", command, &dir.join("gateway.log"))?;
+        process.stop_signal = Signal::SIGINT;
         let stdout = process.child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let listening = tokio::time::timeout(READY_DEADLINE, async {
@@ -288,7 +293,7 @@ impl Gateway {
 
 /// What a stopped gateway left behind.
 pub struct GatewayStopped {
-    /// From SIGTERM to exit.
+    /// From SIGINT (stop every sandbox) to exit.
     pub took: Duration,
     /// Sandbox processes still running after the gateway exited.
     pub leaked: usize,

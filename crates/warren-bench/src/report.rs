@@ -147,7 +147,7 @@ pub fn cold_start(title: &str, run: &ColdStart) {
         mib(each)
     );
     println!(
-        "- gateway stop (SIGTERM to exit, stopping every sandbox): {} ms",
+        "- gateway stop (SIGINT to exit, stopping every sandbox): {} ms",
         ms(run.stopped.took)
     );
     stopped(&run.stopped);
@@ -473,7 +473,7 @@ pub fn runtimes(run: &Runtimes, s: &runtimes::Settings) {
          previous tenant's sandbox, left quiet for {} s before (no sync pending); the time \
          is the gateway's `admission` phase: the gateway's and the runtime's stop (SIGTERM \
          through the sandbox's init, its exit, and for a container the engine's cleanup and \
-         removal) until the slot is free; the final sync comes after it. **Gateway stop**: SIGTERM to exit with the {k} idle sandboxes, which it \
+         removal) until the slot is free; the final sync comes after it. **Gateway stop**: SIGINT to exit with the {k} idle sandboxes, which it \
          stops all at once: divided by {k} it is a rate, not one sandbox's stop. \
          **Memory**: the {k} sandboxes after {} s idle, summed over all and divided by {k}; \
          the gateway and Podman's service are not in it. p99 is nearest-rank: of fewer \

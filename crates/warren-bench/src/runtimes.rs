@@ -8,7 +8,7 @@
 //!   tenants one after another, each one's first request timed by the client (start
 //!   to ready, with the gateway's `Server-Timing` phases). Every sandbox then stays
 //!   idle for `SETTLE`, its memory is read from `/proc` and its cgroup, and the
-//!   gateway gets SIGTERM, timed until it exits having stopped them all (at once).
+//!   gateway gets SIGINT, timed until it exits having stopped them all (at once).
 //! - one with `max_instances = 1`: each new tenant's first request must first evict
 //!   the previous tenant's idle sandbox, left quiet for `QUIET` first, and the gateway
 //!   reports that wait as the `admission` phase: the gateway's and the runtime's stop of
@@ -101,7 +101,7 @@ pub struct RuntimeRun {
     /// The stop of one idle sandbox (the `admission` phase of a start at capacity).
     pub stops: Samples,
     pub memory: Memory,
-    /// SIGTERM to exit of the gateway with `memory.sandboxes` idle sandboxes.
+    /// SIGINT to exit of the gateway with `memory.sandboxes` idle sandboxes.
     pub shutdown: Duration,
     /// Sandbox processes and containers left after either gateway exited.
     pub leaked_processes: usize,

@@ -29,7 +29,7 @@ pub mod tenant;
 pub mod upstream;
 pub mod websocket;
 
-pub use serve::Gateway;
+pub use serve::{Gateway, Shutdown};
 
 /// The services the gateway is built from.
 pub struct Services {
@@ -59,6 +59,10 @@ pub struct Context {
     /// Set once shutdown begins: `/readyz` fails so balancers stop sending traffic, and
     /// WebSockets closed from now on are told the service restarts (1012).
     pub draining: AtomicBool,
+    /// Set once the gateway closes its WebSockets (with 1012), at the end of a drain.
+    pub closing: tokio::sync::watch::Sender<bool>,
+    /// WebSocket relays running: the gateway waits for them to say goodbye.
+    pub relays: tokio::sync::watch::Sender<usize>,
     generations: AtomicU64,
 }
 
@@ -92,6 +96,8 @@ impl Context {
             agent_command,
             epoch: Instant::now(),
             draining: AtomicBool::new(false),
+            closing: tokio::sync::watch::Sender::new(false),
+            relays: tokio::sync::watch::Sender::new(0),
             // Generations only need to grow across restarts; start from the wall clock.
             generations: AtomicU64::new(unix_ms()),
         }

@@ -259,16 +259,19 @@ pub async fn websocket(
     }
     let client_upgrade = websocket::on_upgrade(&mut request);
     let ctx = ctx.clone();
+    ctx.relays.send_modify(|n| *n += 1);
     tokio::spawn(async move {
+        // Counted until it ends, however it ends.
+        struct Counted<'a>(&'a tokio::sync::watch::Sender<usize>);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.send_modify(|n| *n -= 1);
+            }
+        }
+        let _counted = Counted(&ctx.relays);
         match tokio::try_join!(client_upgrade, agent_upgrade) {
             Ok((client, agent)) => {
-                relay(
-                    TokioIo::new(client),
-                    TokioIo::new(agent),
-                    lease,
-                    &ctx.draining,
-                )
-                .await
+                relay(TokioIo::new(client), TokioIo::new(agent), lease, &ctx).await
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
         }
@@ -290,13 +293,14 @@ const RESTARTING: &[u8] = b"\x88\x14\x03\xf4gateway restarting";
 /// One task copies both ways (`copy_bidirectional`); each side's wrapper watches the
 /// frames written to it, so the relay knows when closes were delivered, and writes
 /// the 1011 close to a client whose agent vanished without one.
-async fn relay<C, A>(client: C, agent: A, lease: Lease, draining: &AtomicBool)
+async fn relay<C, A>(client: C, agent: A, lease: Lease, ctx: &Context)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     A: AsyncRead + AsyncWrite + Unpin,
 {
     let state = RelayState::default();
-    let mut client = Side::new(client, &state, Some(draining), &lease);
+    let mut closing = ctx.closing.subscribe();
+    let mut client = Side::new(client, &state, Some(&ctx.draining), &lease);
     let mut agent = Side::new(agent, &state, None, &lease);
     let failed = {
         let copy =
@@ -314,6 +318,8 @@ where
                     grace.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
                 }
                 _ = sleep_until_opt(grace) => break false,
+                // The gateway goes: the client gets 1012 (at a frame boundary).
+                _ = closing.wait_for(|c| *c) => break true,
             }
         }
     };

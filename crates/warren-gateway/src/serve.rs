@@ -27,6 +27,16 @@ const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long open connections get to finish after the sandboxes stopped.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How the gateway ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Running sandboxes are left running for the next gateway (a restart, an
+    /// upgrade): synced one last time, then let go.
+    Leave,
+    /// Every sandbox is stopped (and synced) first.
+    StopAll,
+}
+
 pub struct Gateway {
     edge: Arc<Edge>,
 }
@@ -94,11 +104,12 @@ impl Gateway {
         Ok(())
     }
 
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves, then ends as it says: in-flight
+    /// requests finish, WebSockets are closed with 1012 (service restart).
     pub async fn serve(
         self,
         listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        shutdown: impl Future<Output = Shutdown> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = edge::router(self.edge.clone());
@@ -118,15 +129,35 @@ impl Gateway {
             }
         };
 
-        shutdown.await;
+        let how = shutdown.await;
         stop_workers.send_replace(true);
         if let Some(sweep) = sweep {
             let _ = sweep.await;
         }
-        tracing::info!("shutting down: no new connections; stopping every sandbox");
-        self.edge.ctx.draining.store(true, Ordering::Release);
+        let ctx = &self.edge.ctx;
+        ctx.draining.store(true, Ordering::Release);
         let _ = stop_accepting.send(());
-        self.edge.tenants.stop_all(StopCause::Shutdown).await;
+        match how {
+            Shutdown::Leave => {
+                tracing::info!(
+                    "shutting down: no new connections; running sandboxes stay for the next gateway"
+                );
+                self.edge.tenants.leave_all().await;
+            }
+            Shutdown::StopAll => {
+                tracing::info!("shutting down: no new connections; stopping every sandbox");
+                self.edge.tenants.stop_all(StopCause::Shutdown).await;
+            }
+        }
+        ctx.closing.send_replace(true);
+        // Every WebSocket gets its close frame before the process goes.
+        let mut relays = ctx.relays.subscribe();
+        if tokio::time::timeout(DRAIN_DEADLINE, relays.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!("WebSockets still open after the drain deadline; closing them");
+        }
         match tokio::time::timeout(DRAIN_DEADLINE, server).await {
             Ok(result) => result?,
             Err(_) => {

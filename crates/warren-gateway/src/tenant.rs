@@ -114,6 +114,9 @@ enum Command {
     Started(u64, Box<Result<Started, ApiError>>),
     /// Take over a sandbox an earlier gateway started.
     Adopt(Box<Sandbox>),
+    /// The gateway goes and leaves a running sandbox to the next one: sync it one
+    /// last time and let go of it (others are stopped). The actor ends.
+    Leave(oneshot::Sender<()>),
     Exited(u64, Exit),
     Stopped(u64, String),
     Released,
@@ -257,6 +260,14 @@ impl TenantHandle {
     }
 
     /// Stops the sandbox (if one runs) and waits until it is gone and synced.
+    /// Leaves a running sandbox to the next gateway (see `Command::Leave`).
+    pub async fn leave(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Leave(reply)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     pub async fn stop(&self, cause: StopCause) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Stop(cause, reply)).is_ok() {
@@ -364,6 +375,12 @@ impl Tenants {
     pub async fn stop_all(&self, cause: StopCause) {
         let handles: Vec<_> = self.actors().values().cloned().collect();
         futures_util::future::join_all(handles.iter().map(|h| h.stop(cause))).await;
+    }
+
+    /// Leaves every running sandbox to the next gateway; stops those still starting.
+    pub async fn leave_all(&self) {
+        let handles: Vec<_> = self.actors().values().cloned().collect();
+        futures_util::future::join_all(handles.iter().map(TenantHandle::leave)).await;
     }
 }
 
@@ -506,6 +523,17 @@ impl Actor {
                 }
                 Command::Started(generation, result) => self.started(generation, *result).await,
                 Command::Adopt(sandbox) => self.adopt(*sandbox).await,
+                Command::Leave(reply) => match self.phase {
+                    Phase::Ready { .. } => {
+                        self.leave().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Phase::Asleep => {
+                        let _ = reply.send(());
+                    }
+                    Phase::Starting(_) | Phase::Stopping(_) => self.stop_waiters.push(reply),
+                },
                 Command::Exited(generation, exit) => self.exited(generation, exit).await,
                 Command::Stopped(generation, detail) => self.stopped(generation, detail).await,
             }
@@ -588,6 +616,25 @@ impl Actor {
                 .tx
                 .send(Command::Started(generation, Box::new(result)));
         });
+    }
+
+    /// Lets go of the running sandbox without stopping it: the sync watch ends after a
+    /// last sync (frozen), and nothing is recorded, so the state store still says it
+    /// runs and the next gateway takes it over.
+    async fn leave(&mut self) {
+        let Phase::Ready { sandbox, watch, .. } = std::mem::replace(&mut self.phase, Phase::Asleep)
+        else {
+            return;
+        };
+        watch.stop().await;
+        let freeze = SandboxFreeze {
+            runtime: self.ctx.runtime.clone(),
+            sandbox,
+        };
+        let tenant = self.handle.tenant();
+        if let Err(e) = self.ctx.sync.sync(tenant, Some(&freeze)).await {
+            tracing::warn!(%tenant, error = %e, "last sync before leaving failed; the next gateway syncs it");
+        }
     }
 
     /// Makes `sandbox`, which an earlier gateway started and left running, this

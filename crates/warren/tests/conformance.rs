@@ -125,7 +125,7 @@ conformance!(
     instance_type_limits_are_enforced_and_an_oom_is_told_from_a_crash,
     outbound_network_is_off_by_default_and_allowed_per_tenant,
     a_running_sandbox_syncs_and_answers_after_the_capture,
-    a_gateway_killed_hard_takes_its_sandboxes_back_as_they_are,
+    a_gateway_killed_or_stopped_leaves_its_sandboxes_to_the_next_one,
     a_sandbox_that_ended_while_no_gateway_ran_is_recorded_and_synced,
 );
 
@@ -422,24 +422,31 @@ async fn a_running_sandbox_syncs_and_answers_after_the_capture(kind: Kind) {
     assert_eq!(ask(&gw, "user_a", "/whoami").await["tenant"], "user_a");
 }
 
-async fn a_gateway_killed_hard_takes_its_sandboxes_back_as_they_are(kind: Kind) {
+async fn a_gateway_killed_or_stopped_leaves_its_sandboxes_to_the_next_one(kind: Kind) {
     let mut gw = probe_gateway(kind, "");
-    assert_eq!(outcome(&gw, "user_a", "/write?path=before.txt").await, "ok");
-    let pid = gw.agent_pid("user_a").await;
-    gw.crash();
-    assert!(
-        harness::process_alive(pid),
-        "the sandbox died with the gateway"
-    );
-    gw.start_again();
-    gw.wait_for_state("user_a", "ready", Duration::from_secs(10))
-        .await;
-    // The same sandbox, not a new one: the same process, its /tmp as it was.
-    assert_eq!(gw.agent_pid("user_a").await, pid);
     assert_eq!(outcome(&gw, "user_a", "/write?path=/tmp/mark").await, "ok");
-    assert_eq!(outcome(&gw, "user_a", "/read?path=before.txt").await, "ok");
-    // And it is this gateway's now: its shutdown stops it.
-    gw.stop();
+    let pid = gw.agent_pid("user_a").await;
+    // A crash (SIGKILL), then a graceful stop (SIGTERM): neither ends the sandbox, and
+    // each next gateway takes the same one back.
+    let crash: fn(&mut Gateway) = |gw| gw.crash();
+    let stop: fn(&mut Gateway) = |gw| {
+        gw.stop();
+    };
+    for end in [crash, stop] {
+        end(&mut gw);
+        assert!(
+            harness::process_alive(pid),
+            "the sandbox ended with the gateway"
+        );
+        gw.start_again();
+        gw.wait_for_state("user_a", "ready", Duration::from_secs(10))
+            .await;
+        // The same sandbox, not a new one: the same process, its /tmp as it was.
+        assert_eq!(gw.agent_pid("user_a").await, pid);
+        assert_eq!(outcome(&gw, "user_a", "/read?path=/tmp/mark").await, "ok");
+    }
+    // And it is this gateway's now: SIGINT stops it.
+    gw.shut_down();
     harness::wait_gone(pid, Duration::from_secs(20)).await;
 }
 

@@ -604,7 +604,7 @@ async fn secrets_and_signatures_never_reach_the_logs() {
     let mut ws = gw.ws("user_a").await;
     echo(&mut ws, "hi").await;
     drop(ws);
-    gw.stop();
+    gw.shut_down();
     let log = gw.log();
     assert!(log.contains("sandbox ready"), "the log was written: {log}");
     assert!(
@@ -616,12 +616,12 @@ async fn secrets_and_signatures_never_reach_the_logs() {
 }
 
 #[tokio::test]
-async fn shutdown_stops_every_sandbox_and_records_it() {
+async fn sigint_stops_every_sandbox_and_records_it() {
     let mut gw = Gateway::start("");
     gw.get_as("user_a", "/api/history").await;
     gw.get_as("user_b", "/api/history").await;
     let pids = [gw.agent_pid("user_a").await, gw.agent_pid("user_b").await];
-    assert!(gw.stop().success());
+    assert!(gw.shut_down().success());
     for pid in pids {
         assert!(
             !process_alive(pid),

@@ -213,7 +213,7 @@ async fn an_s3_store_works_end_to_end_and_the_agent_never_sees_its_credentials()
     );
     assert!(!environ.contains("WARREN_SIGNING_SECRET") && !environ.contains(harness::SECRET));
     drop(ws);
-    assert!(gw.stop().success());
+    assert!(gw.shut_down().success());
     assert!(!process_alive(pid));
 
     let fresh = Gateway::start_with(&config, &env);

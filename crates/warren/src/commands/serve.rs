@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use warren_core::auth::Signer;
 use warren_core::config::{AgentKind, Config, IsolationKind, LogFormat, RuntimeKind, StateKind};
-use warren_gateway::{Context, Gateway, Services};
+use warren_gateway::{Context, Gateway, Services, Shutdown};
 use warren_runtime::{DockerOptions, DockerRuntime, Isolation, ProcessRuntime, Runtime};
 use warren_state::{SqliteStore, StateStore};
 
@@ -150,20 +150,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         runtime,
         sync,
     };
+    // Caught from before the address is printed: whoever reads it may signal at once.
+    let shutdown = shutdown_signal()?;
     let gateway = Gateway::new(Context::new(config, signer, admin, services, command));
     gateway.recover().await?;
     // Printed on stdout, whatever the log settings: scripts and tests read it.
     println!("warren listening on http://{local}");
     tracing::info!(%local, "listening");
-    gateway.serve(listener, shutdown_signal()).await
+    gateway.serve(listener, shutdown).await
 }
 
-async fn shutdown_signal() {
+/// SIGTERM (a service manager's stop or restart, an upgrade): leave running sandboxes
+/// to the next gateway. SIGINT (Ctrl-C at a terminal): stop them all.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = Shutdown>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => Shutdown::Leave,
+            _ = int.recv() => Shutdown::StopAll,
+        }
+    })
 }

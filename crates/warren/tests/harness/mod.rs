@@ -1,6 +1,7 @@
 //! Starts the real `warren` binary on 127.0.0.1:0 with a config of the test's choosing,
 //! and talks to it over real sockets: HTTP through hyper, WebSockets through
-//! tokio-tungstenite. Dropping a `Gateway` sends SIGTERM and waits for it to exit.
+//! tokio-tungstenite. Dropping a `Gateway` stops it and every sandbox it ran (SIGINT),
+//! also those a `stop` (SIGTERM) or a `crash` left running.
 
 #![allow(dead_code)]
 
@@ -38,6 +39,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub stderr: PathBuf,
     env: Vec<(String, String)>,
+    /// A `stop` or `crash` may have left sandboxes running.
+    left_sandboxes: bool,
     signer: Signer,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -67,6 +70,15 @@ impl Reply {
 /// Starts `warren serve` with `<dir>/warren.toml` and data in `<dir>/data`, listening on
 /// `listen`; returns once it printed its address.
 fn spawn(dir: &Path, listen: &str, env: &[(String, String)], stderr: &Path) -> (Child, SocketAddr) {
+    try_spawn(dir, listen, env, stderr).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_spawn(
+    dir: &Path,
+    listen: &str,
+    env: &[(String, String)],
+    stderr: &Path,
+) -> Result<(Child, SocketAddr), String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -82,23 +94,24 @@ fn spawn(dir: &Path, listen: &str, env: &[(String, String)], stderr: &Path) -> (
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
-        .unwrap();
+        .map_err(|e| format!("cannot run warren: {e}"))?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
+    let _ = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
+    match line
         .trim()
         .strip_prefix("warren listening on http://")
-        .unwrap_or_else(|| {
-            panic!(
+        .and_then(|a| a.parse().ok())
+    {
+        Some(addr) => Ok((child, addr)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
                 "gateway did not start: {line:?}\n{}",
                 std::fs::read_to_string(stderr).unwrap_or_default()
-            )
-        })
-        .parse()
-        .unwrap();
-    (child, addr)
+            ))
+        }
+    }
 }
 
 pub fn warren_bin() -> &'static str {
@@ -137,6 +150,7 @@ impl Gateway {
             dir,
             stderr,
             env,
+            left_sandboxes: false,
             signer: Signer::new(SECRET.as_bytes()),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
@@ -153,6 +167,7 @@ impl Gateway {
     pub fn crash(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.left_sandboxes = true;
     }
 
     /// Starts a stopped gateway again, on the same address, config and data dir.
@@ -165,6 +180,7 @@ impl Gateway {
         );
         assert_eq!(addr, self.addr);
         self.child = child;
+        self.left_sandboxes = false;
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -293,12 +309,21 @@ impl Gateway {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// SIGTERM, then waits for the gateway to exit. Returns its exit status.
+    /// SIGTERM: the gateway exits and leaves running sandboxes for the next one.
+    /// Returns its exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        self.left_sandboxes = true;
+        self.end(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// SIGINT: the gateway stops every sandbox, then exits. Returns its exit status.
+    pub fn shut_down(&mut self) -> std::process::ExitStatus {
+        self.end(nix::sys::signal::Signal::SIGINT)
+    }
+
+    /// Sends `signal`, then waits for the gateway to exit (SIGKILL after 30 s).
+    fn end(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -316,7 +341,15 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
+            self.shut_down();
+        } else if self.left_sandboxes {
+            // A gateway of the same data dir takes them back, then stops them all
+            // (without panicking: this may run while a failed test unwinds).
+            let listen = self.addr.to_string();
+            if let Ok((child, _)) = try_spawn(self.dir.path(), &listen, &self.env, &self.stderr) {
+                self.child = child;
+                self.shut_down();
+            }
         }
     }
 }
