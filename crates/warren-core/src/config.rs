@@ -51,6 +51,10 @@ pub struct Config {
     /// How long a client may take to send its request headers before its connection
     /// is closed.
     pub client_header_timeout: ConfigDuration,
+    /// How long a gateway that hands over to a successor keeps relaying its open
+    /// WebSockets before it closes them (1012) and exits; also how long any shutdown
+    /// waits for requests in flight.
+    pub drain_timeout: ConfigDuration,
     pub auth: AuthConfig,
     pub admission: AdmissionConfig,
     pub runtime: RuntimeConfig,
@@ -80,6 +84,7 @@ impl Default for Config {
             network: NetworkAccess::None,
             sleep_after: SleepAfter::Idle(Duration::from_secs(600)),
             client_header_timeout: ConfigDuration(Duration::from_secs(30)),
+            drain_timeout: ConfigDuration(Duration::from_secs(10)),
             auth: AuthConfig::default(),
             admission: AdmissionConfig::default(),
             runtime: RuntimeConfig::default(),

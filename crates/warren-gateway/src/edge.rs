@@ -189,15 +189,20 @@ async fn forward(
     caller: &Caller,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    if edge.ctx.draining.load(Ordering::Acquire) {
-        // No new work, and above all no new sandbox, once shutdown has begun.
-        return Err(ApiError::new(
-            warren_core::ErrorCode::ShuttingDown,
-            "the gateway is restarting",
-        )
-        .retry_after(1));
-    }
-    let ready = edge.tenants.handle(&caller.tenant).acquire().await?;
+    let ready = if edge.ctx.draining.load(Ordering::Acquire) {
+        // Once shutdown has begun, no new sandbox: a request on a connection accepted
+        // before still reaches a sandbox that runs (left to a successor or not yet
+        // stopped), or gets 503 to try again.
+        edge.tenants.ready_now(&caller.tenant).ok_or_else(|| {
+            ApiError::new(
+                warren_core::ErrorCode::ShuttingDown,
+                "the gateway is restarting",
+            )
+            .retry_after(1)
+        })?
+    } else {
+        edge.tenants.handle(&caller.tenant).acquire().await?
+    };
     let path = upstream_path(&request);
     let strip = Strip {
         authorization: caller.source == Source::Header,

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod admission;
 pub mod edge;
 pub mod error;
+pub mod handover;
 pub mod probe;
 pub mod proxy;
 pub mod schedule;

@@ -3,6 +3,8 @@
 //! deadline.
 
 use std::future::Future;
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use warren_runtime::process::still_running;
 use warren_state::Transition;
 
 use crate::edge::{self, Edge};
-use crate::{Context, unix_ms};
+use crate::{Context, handover, unix_ms};
 
 /// How long to wait before accepting again after `accept` failed.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -23,9 +25,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// ...then every this long, 3 times.
 const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// How long open connections get to finish after the sandboxes stopped.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How the gateway ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,20 +103,30 @@ impl Gateway {
         Ok(())
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then ends as it says: in-flight
-    /// requests finish, WebSockets are closed with 1012 (service restart).
+    /// Serves on `listener` until `shutdown` resolves or a successor asks on the
+    /// control socket (see `handover`), then ends: in-flight requests finish, and
+    /// WebSockets are closed with 1012 (service restart), at once, or after the drain
+    /// deadline when a successor took over.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = Shutdown> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let ctx = self.edge.ctx.clone();
+        let drain = ctx.config.drain_timeout.0;
+        // Kept to hand over: the accept loop's copy goes when it stops.
+        let handover_copy = listener.as_fd().try_clone_to_owned()?;
+        let control_path = ctx.config.data_dir.join(handover::CONTROL_SOCKET);
+        let _ = std::fs::remove_file(&control_path);
+        let control = tokio::net::UnixListener::bind(&control_path)?;
+        let control_inode = std::fs::metadata(&control_path)?.ino();
         let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = edge::router(self.edge.clone());
-        let header_timeout = self.edge.ctx.config.client_header_timeout.0;
+        let header_timeout = ctx.config.client_header_timeout.0;
         let server = accept(listener, app, header_timeout, accepting_stopped);
         let server = tokio::spawn(server);
         let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
-        let sweep = match self.edge.ctx.config.sweep.schedule.trim() {
+        let sweep = match ctx.config.sweep.schedule.trim() {
             "" => None,
             expr => {
                 let cron = crate::schedule::parse(expr).map_err(anyhow::Error::msg)?;
@@ -129,12 +138,14 @@ impl Gateway {
             }
         };
 
-        let how = shutdown.await;
+        let (how, successor) = tokio::select! {
+            how = shutdown => (how, None),
+            successor = takeover_request(&control) => (Shutdown::Leave, Some(successor)),
+        };
         stop_workers.send_replace(true);
         if let Some(sweep) = sweep {
             let _ = sweep.await;
         }
-        let ctx = &self.edge.ctx;
         ctx.draining.store(true, Ordering::Release);
         let _ = stop_accepting.send(());
         match how {
@@ -149,22 +160,68 @@ impl Gateway {
                 self.edge.tenants.stop_all(StopCause::Shutdown).await;
             }
         }
+        let mut relays = ctx.relays.subscribe();
+        if let Some(successor) = successor {
+            let handed = successor.into_std().and_then(|s| {
+                s.set_nonblocking(false)?;
+                handover::hand_over(&s, handover_copy.as_fd())
+            });
+            match handed {
+                Ok(()) => {
+                    tracing::info!(
+                        "handed the listening socket over; relaying open WebSockets until they close or the drain deadline"
+                    );
+                    let _ = tokio::time::timeout(drain, relays.wait_for(|n| *n == 0)).await;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot hand the listening socket over"),
+            }
+        }
+        drop(handover_copy);
+        // Unless a successor has bound its own there by now.
+        if std::fs::metadata(&control_path).is_ok_and(|m| m.ino() == control_inode) {
+            let _ = std::fs::remove_file(&control_path);
+        }
         ctx.closing.send_replace(true);
         // Every WebSocket gets its close frame before the process goes.
-        let mut relays = ctx.relays.subscribe();
-        if tokio::time::timeout(DRAIN_DEADLINE, relays.wait_for(|n| *n == 0))
+        if tokio::time::timeout(drain, relays.wait_for(|n| *n == 0))
             .await
             .is_err()
         {
             tracing::warn!("WebSockets still open after the drain deadline; closing them");
         }
-        match tokio::time::timeout(DRAIN_DEADLINE, server).await {
+        match tokio::time::timeout(drain, server).await {
             Ok(result) => result?,
             Err(_) => {
                 tracing::warn!("connections still open after the drain deadline; closing them")
             }
         }
         Ok(())
+    }
+}
+
+/// Waits for a successor's takeover request on the control socket.
+async fn takeover_request(control: &tokio::net::UnixListener) -> tokio::net::UnixStream {
+    loop {
+        let Ok((stream, _)) = control.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
+        let Ok(mut s) = stream.into_std() else {
+            continue;
+        };
+        // Read blocking (with a timeout), off the async workers.
+        let asked = tokio::task::spawn_blocking(move || {
+            s.set_nonblocking(false)?;
+            let asked = handover::is_request(&mut s);
+            s.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>((asked, s))
+        })
+        .await;
+        if let Ok(Ok((true, s))) = asked
+            && let Ok(stream) = tokio::net::UnixStream::from_std(s)
+        {
+            return stream;
+        }
     }
 }
 
@@ -203,10 +260,18 @@ async fn accept(
             .with_interval(CLIENT_KEEPALIVE_INTERVAL)
             .with_retries(3);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        // Whether the connection has begun a request: one accepted just before a drain
+        // may not have sent it yet, and closing it then would lose that request.
+        let (begun, mut begun_rx) = tokio::sync::watch::channel(false);
+        let inner = service.clone();
+        let counted = hyper::service::service_fn(move |request| {
+            begun.send_replace(true);
+            hyper::service::Service::call(&inner, request)
+        });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service.clone())
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), counted)
             .with_upgrades();
         let (mut drain, open) = (draining.subscribe(), open.clone());
         tokio::spawn(async move {
@@ -214,7 +279,17 @@ async fn accept(
             tokio::select! {
                 _ = connection.as_mut() => {}
                 _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => {
-                    // Finish the request in flight, then close.
+                    // A connection that has not begun a request gets the header timeout
+                    // to send one; then the request in flight finishes and it closes.
+                    if !*begun_rx.borrow() {
+                        tokio::select! {
+                            _ = connection.as_mut() => {
+                                drop(open);
+                                return;
+                            }
+                            _ = tokio::time::timeout(header_timeout, begun_rx.wait_for(|b| *b)) => {}
+                        }
+                    }
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }

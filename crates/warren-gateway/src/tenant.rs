@@ -230,25 +230,31 @@ impl TenantHandle {
     /// Waits until the sandbox is ready (starting it if needed) and leases it.
     pub async fn acquire(&self) -> Result<Ready, ApiError> {
         // The common case, a ready sandbox, needs no round trip through the actor.
-        let lease = Lease::new(self.shared.clone());
-        if self.shared.ready.load(Ordering::SeqCst)
-            && let Some((_, upstream)) = self
-                .shared
-                .sandbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-        {
-            return Ok(Ready {
-                upstream: upstream.clone(),
-                lease,
-                phases: None,
-            });
+        if let Some(ready) = self.ready_now() {
+            return Ok(ready);
         }
-        drop(lease);
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Acquire(reply)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Leases the sandbox if it is ready now; never starts one.
+    pub fn ready_now(&self) -> Option<Ready> {
+        let lease = Lease::new(self.shared.clone());
+        if !self.shared.ready.load(Ordering::SeqCst) {
+            return None;
+        }
+        let sandbox = self
+            .shared
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (_, upstream) = sandbox.as_ref()?;
+        Some(Ready {
+            upstream: upstream.clone(),
+            lease,
+            phases: None,
+        })
     }
 
     pub(crate) async fn evict(&self) -> bool {
@@ -259,7 +265,6 @@ impl TenantHandle {
         rx.await.unwrap_or(false)
     }
 
-    /// Stops the sandbox (if one runs) and waits until it is gone and synced.
     /// Leaves a running sandbox to the next gateway (see `Command::Leave`).
     pub async fn leave(&self) {
         let (reply, rx) = oneshot::channel();
@@ -268,6 +273,7 @@ impl TenantHandle {
         }
     }
 
+    /// Stops the sandbox (if one runs) and waits until it is gone and synced.
     pub async fn stop(&self, cause: StopCause) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Stop(cause, reply)).is_ok() {
@@ -375,6 +381,12 @@ impl Tenants {
     pub async fn stop_all(&self, cause: StopCause) {
         let handles: Vec<_> = self.actors().values().cloned().collect();
         futures_util::future::join_all(handles.iter().map(|h| h.stop(cause))).await;
+    }
+
+    /// The tenant's sandbox, leased, if one of this gateway's is ready now (never
+    /// starts one, never makes an actor).
+    pub fn ready_now(&self, tenant: &TenantId) -> Option<Ready> {
+        self.actors().get(tenant)?.ready_now()
     }
 
     /// Leaves every running sandbox to the next gateway; stops those still starting.

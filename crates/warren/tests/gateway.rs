@@ -739,3 +739,110 @@ async fn warren_chat_rides_out_a_gateway_restart_and_loses_nothing() {
     // Each message kept once: nothing lost, nothing sent twice.
     assert_eq!(gw.history("user_a").await, ["one", "two", "three"]);
 }
+
+/// `GET path` on a connection of its own (`Connection: close`); the status, or why none.
+async fn get_on_new_connection(addr: std::net::SocketAddr, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: warren\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| format!("write: {e}"))?;
+    let mut reply = Vec::new();
+    tcp.read_to_end(&mut reply)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&reply);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_by_socket_handover_fails_no_request_loses_no_message_restarts_no_sandbox() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let mut gw = Gateway::start("drain_timeout = \"2s\"");
+    let mut ws = gw.ws("user_a").await;
+    assert_eq!(echo(&mut ws, "before").await, "before");
+    let pid = gw.agent_pid("user_a").await;
+
+    // A steady load of HTTP requests, each on a new connection: every one must be
+    // answered 200, by the old gateway or the new one.
+    let (ok, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let path = format!("/api/history?{}", gw.query("user_b"));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (ok, stop, failures, path, addr) = (
+            ok.clone(),
+            stop.clone(),
+            failures.clone(),
+            path.clone(),
+            gw.addr,
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get_on_new_connection(addr, &path).await {
+                    Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        failures.lock().unwrap().push(format!("{other:?}"));
+                        0
+                    }
+                };
+            }
+        }));
+    }
+    let wait_for_more = |n: usize| {
+        let ok = ok.clone();
+        async move {
+            let target = ok.load(Ordering::Relaxed) + n;
+            while ok.load(Ordering::Relaxed) < target {
+                tokio::time::sleep(harness::POLL).await;
+            }
+        }
+    };
+    wait_for_more(20).await;
+
+    let mut old = tokio::task::block_in_place(|| gw.take_over());
+    // The old gateway still relays the WebSocket it holds...
+    assert_eq!(echo(&mut ws, "during").await, "during");
+    // ...while the new one answers the load.
+    wait_for_more(20).await;
+    // At its drain deadline the old one closes it with 1012 and exits.
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a close within 20 s")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Restart));
+    assert!(
+        tokio::task::block_in_place(|| old.wait())
+            .unwrap()
+            .success()
+    );
+    wait_for_more(20).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(*failures.lock().unwrap(), Vec::<String>::new());
+
+    // The client comes back to the new gateway: nothing lost, no sandbox restarted.
+    let mut ws = gw.ws("user_a").await;
+    assert_eq!(echo(&mut ws, "after").await, "after");
+    assert_eq!(gw.history("user_a").await, ["before", "during", "after"]);
+    assert_eq!(gw.agent_pid("user_a").await, pid);
+}

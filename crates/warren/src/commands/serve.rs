@@ -19,8 +19,12 @@ pub struct Args {
     #[command(flatten)]
     config: ConfigArgs,
     /// The address to listen on (overrides `listen`); port 0 picks a free one.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "takeover")]
     listen: Option<SocketAddr>,
+    /// Take over from the gateway running on this data dir (an upgrade): its listening
+    /// socket, then its sandboxes, with no connection refused.
+    #[arg(long)]
+    takeover: bool,
 }
 
 fn init_logging(config: &Config) {
@@ -106,10 +110,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(config))
+        .block_on(serve(config, args.takeover))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Where connections come from: the running gateway's socket (`--takeover`), one
+/// systemd passed (socket activation, `LISTEN_FDS`), or a new one on `listen`.
+async fn listening_socket(
+    config: &Config,
+    takeover: bool,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let inherited = if takeover {
+        let control = config
+            .data_dir
+            .join(warren_gateway::handover::CONTROL_SOCKET);
+        let listener =
+            tokio::task::spawn_blocking(move || warren_gateway::handover::take_over(&control))
+                .await?
+                .context("cannot take over")?;
+        tracing::info!("took over the running gateway's listening socket");
+        Some(listener)
+    } else {
+        listenfd::ListenFd::from_env()
+            .take_tcp_listener(0)
+            .context("cannot use the socket systemd passed (LISTEN_FDS)")?
+    };
+    match inherited {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            Ok(tokio::net::TcpListener::from_std(listener)?)
+        }
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen)),
+    }
+}
+
+async fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     let signer = Signer::new(signing_secret(&config)?.expose().as_bytes());
@@ -140,9 +176,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Arc::new(DockerRuntime::connect(&config.data_dir, options).await?)
         }
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = listening_socket(&config, takeover).await?;
     let local = listener.local_addr()?;
     let command = agent_command(&config)?;
     let services = Services {

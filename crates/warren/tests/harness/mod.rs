@@ -68,7 +68,8 @@ impl Reply {
 }
 
 /// Starts `warren serve` with `<dir>/warren.toml` and data in `<dir>/data`, listening on
-/// `listen`; returns once it printed its address.
+/// `listen` (an address, or `takeover` to take the running gateway's socket); returns
+/// once it printed its address.
 fn spawn(dir: &Path, listen: &str, env: &[(String, String)], stderr: &Path) -> (Child, SocketAddr) {
     try_spawn(dir, listen, env, stderr).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -79,13 +80,19 @@ fn try_spawn(
     env: &[(String, String)],
     stderr: &Path,
 ) -> Result<(Child, SocketAddr), String> {
+    let how = match listen {
+        "takeover" => vec!["--takeover"],
+        addr => vec!["--listen", addr],
+    };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(stderr)
         .unwrap();
     let mut child = Command::new(warren_bin())
-        .args(["serve", "--listen", listen, "--config"])
+        .arg("serve")
+        .args(how)
+        .arg("--config")
         .arg(dir.join("warren.toml"))
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -168,6 +175,14 @@ impl Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.left_sandboxes = true;
+    }
+
+    /// Starts a successor with `--takeover` (an upgrade): it takes the listening socket
+    /// and the sandboxes. Returns the old gateway's process, which drains and exits.
+    pub fn take_over(&mut self) -> Child {
+        let (child, addr) = spawn(self.dir.path(), "takeover", &self.env, &self.stderr);
+        assert_eq!(addr, self.addr);
+        std::mem::replace(&mut self.child, child)
     }
 
     /// Starts a stopped gateway again, on the same address, config and data dir.
