@@ -10,6 +10,7 @@ use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -87,6 +88,15 @@ impl HttpConn {
     }
 }
 
+/// What a WebSocket brought next.
+pub enum WsEvent {
+    Text(String),
+    /// A close frame, with its code if it had one.
+    Closed(Option<u16>),
+    /// An error, or the end of the stream without a close frame.
+    Broken(String),
+}
+
 /// One WebSocket to `/ws`.
 pub struct WsConn {
     socket: tokio_tungstenite::WebSocketStream<TcpStream>,
@@ -123,6 +133,26 @@ impl WsConn {
         }
     }
 
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        Ok(self.socket.send(Message::text(text)).await?)
+    }
+
+    /// The next text message, or how the connection ended (pings, pongs and binary
+    /// messages are skipped; tungstenite answers pings itself).
+    pub async fn next_event(&mut self) -> WsEvent {
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Text(text))) => return WsEvent::Text(text.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => {
+                    return WsEvent::Closed(frame.map(|f| u16::from(f.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return WsEvent::Broken(e.to_string()),
+                None => return WsEvent::Broken("the connection ended".into()),
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
         // Read until the peer's close (briefly), so the proxy sees a clean end.
@@ -131,4 +161,35 @@ impl WsConn {
         })
         .await;
     }
+}
+
+/// `GET path` on a connection of its own, with `Connection: close`, as a fresh client
+/// makes it: the status, once the whole answer has been read.
+pub async fn get_once(address: SocketAddr, path: &str, cookie: &str) -> anyhow::Result<StatusCode> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("cannot connect to {address}"))?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(64)]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .with_context(|| format!("no status line in {head:?}"))?;
+    Ok(StatusCode::from_u16(status)?)
+}
+
+/// Whether an error is a refused connection (nothing listens on the port).
+pub fn is_refused(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
 }

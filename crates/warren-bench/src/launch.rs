@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -73,6 +73,28 @@ impl Spawned {
             bail!("{} exited ({status}):\n{}", self.name, tail.join("\n"));
         }
         Ok(())
+    }
+
+    /// Sends `signal` (none: waits for the process to end by itself), waits up to
+    /// `within`, then kills it and fails. Returns how long it took and how it ended.
+    pub async fn end(
+        mut self,
+        signal: Option<Signal>,
+        within: Duration,
+    ) -> anyhow::Result<(Duration, std::process::ExitStatus)> {
+        let started = Instant::now();
+        let pid = self.child.id().context("the process was already reaped")?;
+        if let Some(signal) = signal {
+            kill(Pid::from_raw(pid as i32), signal)?;
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => Ok((started.elapsed(), status?)),
+            Err(_) => {
+                self.child.start_kill()?;
+                self.child.wait().await?;
+                bail!("{} did not exit within {within:?}; killed it", self.name)
+            }
+        }
     }
 
     /// SIGTERM, wait up to `STOP_GRACE`, then SIGKILL. Returns how long the stop took.
@@ -180,55 +202,87 @@ impl EchoAgent {
     }
 }
 
-/// A `warren serve` on 127.0.0.1:0 with its own config and data dir.
+/// A `warren serve` with its own config and data dir.
 pub struct Gateway {
     pub process: Spawned,
     pub address: SocketAddr,
     pub data_dir: PathBuf,
+    /// From the spawn to its `warren listening` line (which it prints once it has taken
+    /// back any running sandboxes).
+    pub ready_after: Duration,
     signer: Signer,
+}
+
+/// Where a gateway gets its listening socket.
+#[derive(Clone, Copy)]
+pub enum Listen {
+    /// Binds this address (port 0: a free one).
+    At(SocketAddr),
+    /// `--takeover`: from the gateway running on the same data dir.
+    TakeOver,
 }
 
 impl Gateway {
     /// Starts a gateway whose sandboxes never sleep by themselves, with at most
     /// `max_instances` running at once, on the default runtime.
     pub async fn start(warren: &Path, dir: &Path, max_instances: usize) -> anyhow::Result<Self> {
-        Self::start_with(warren, dir, max_instances, "").await
+        Self::start_with(warren, dir, max_instances, "", "").await
     }
 
-    /// As `start`, with `tables` (TOML tables such as `[runtime]`) added to its config.
+    /// As `start`, with `settings` (top-level keys such as `drain_timeout`) and
+    /// `tables` (TOML tables such as `[runtime]`) added to its config.
     pub async fn start_with(
         warren: &Path,
         dir: &Path,
         max_instances: usize,
+        settings: &str,
         tables: &str,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let config = dir.join("warren.toml");
         std::fs::write(
-            &config,
+            dir.join("warren.toml"),
             format!(
                 "max_instances = {max_instances}\n\
                  sleep_after = \"never\"\n\
+                 {settings}\n\
                  [auth]\nsigning_secret = \"{SIGNING_SECRET}\"\n\
                  [admission]\nqueue_timeout = \"30s\"\n\
                  [log]\nlevel = \"warn\"\n\
                  {tables}"
             ),
         )?;
+        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Self::start_in(warren, dir, Listen::At(any_port), "gateway.log").await
+    }
+
+    /// Starts `warren serve` on the config and data dir a gateway started in `dir` left
+    /// there (`<dir>/warren.toml`, `<dir>/data`), logging to `<dir>/<log>`; returns once
+    /// it says where it listens. A successor: by takeover while the other runs (an
+    /// upgrade), or on its address once it has ended (a restart).
+    pub async fn start_in(
+        warren: &Path,
+        dir: &Path,
+        listen: Listen,
+        log: &str,
+    ) -> anyhow::Result<Self> {
         let data_dir = dir.join("data");
         let mut command = Command::new(warren);
         command
             .arg("serve")
             .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(dir.join("warren.toml"));
+        match listen {
+            Listen::At(address) => command.arg("--listen").arg(address.to_string()),
+            Listen::TakeOver => command.arg("--takeover"),
+        };
+        command
             .arg("--data-dir")
             .arg(&data_dir)
             .env_remove("WARREN_SIGNING_SECRET")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped());
-        let mut process = Spawned::spawn("warren serve", command, &dir.join("gateway.log"))?;
+        let spawned = Instant::now();
+        let mut process = Spawned::spawn("warren serve", command, &dir.join(log))?;
         process.stop_signal = Signal::SIGINT;
         let stdout = process.child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -241,6 +295,7 @@ impl Gateway {
             anyhow::Ok(None::<SocketAddr>.context("stdout closed")?)
         })
         .await;
+        let ready_after = spawned.elapsed();
         let address = match listening {
             Ok(Ok(address)) => address,
             Ok(Err(e)) => {
@@ -255,8 +310,28 @@ impl Gateway {
             process,
             address,
             data_dir,
+            ready_after,
             signer: Signer::new(SIGNING_SECRET.as_bytes()),
         })
+    }
+
+    /// Ends the gateway with `signal` (SIGTERM: it leaves its sandboxes running;
+    /// SIGKILL: a crash), or, with none, waits for it to exit by itself (after a
+    /// takeover); fails unless it exits within `within`, and exits 0 unless killed.
+    /// Returns how long it took and its log. Its sandboxes are left as they are.
+    pub async fn end(
+        self,
+        signal: Option<Signal>,
+        within: Duration,
+    ) -> anyhow::Result<(Duration, Vec<String>)> {
+        let log = self.process.log.clone();
+        let (took, status) = self.process.end(signal, within).await?;
+        ensure!(
+            signal == Some(Signal::SIGKILL) || status.success(),
+            "the gateway exited with {status}"
+        );
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok((took, log.lines().map(str::to_owned).collect()))
     }
 
     /// Stops the gateway (which stops every sandbox), then looks for what it left:
@@ -299,6 +374,52 @@ pub struct GatewayStopped {
     pub leaked: usize,
     /// Its log (level `warn`): a healthy run logs nothing.
     pub log_lines: Vec<String>,
+}
+
+/// Stops the sandboxes a crashed or SIGTERMed gateway of `dir` left running (a run that
+/// failed between two gateways): a gateway on the same config and data dir takes them
+/// back and stops them all (SIGINT); whatever is still there is killed. Call it once no
+/// gateway of `dir` runs. Returns how many sandboxes there were.
+pub async fn stop_leftovers(warren: &Path, dir: &Path) -> usize {
+    let data_dir = dir.join("data");
+    let left = sandboxes_under(&data_dir);
+    if left > 0 {
+        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        match Gateway::start_in(warren, dir, Listen::At(any_port), "leftovers.log").await {
+            Ok(gateway) => {
+                let _ = gateway.stop().await;
+            }
+            Err(e) => eprintln!("warren-bench: cannot take back the sandboxes left: {e:#}"),
+        }
+        for pid in processes_under(&data_dir) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+    left
+}
+
+/// How many processes run as `uid` (the sandboxes' user), from `/proc`.
+pub fn processes_of_uid(uid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|status| {
+            // `Uid:` real, effective, saved, filesystem.
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
+                == Some(uid)
+        })
+        .count()
 }
 
 /// Processes whose working directory is under `dir`: the sandboxes of a gateway whose

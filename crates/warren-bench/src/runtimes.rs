@@ -216,7 +216,8 @@ async fn measure(
 
     // Many idle sandboxes: start to ready, memory, the gateway's stop.
     let engine_before = engine.and_then(rss_kib);
-    let gateway = Gateway::start_with(warren, &idle_dir, settings.sandboxes + 8, tables).await?;
+    let gateway =
+        Gateway::start_with(warren, &idle_dir, settings.sandboxes + 8, "", tables).await?;
     let (first_start, _) = first_request(&gateway, "user_warm0000")
         .await
         .context("the warm-up start")?;
@@ -262,7 +263,7 @@ async fn measure(
     let mut log_lines = stopped.log_lines;
 
     // One idle sandbox stopped at a time: each start at max_instances = 1 evicts one.
-    let gateway = Gateway::start_with(warren, &stop_dir, 1, tables).await?;
+    let gateway = Gateway::start_with(warren, &stop_dir, 1, "", tables).await?;
     first_request(&gateway, "user_stop0000")
         .await
         .context("the first start at capacity")?;

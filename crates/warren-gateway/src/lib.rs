@@ -95,7 +95,11 @@ impl Context {
             client,
             upstreams,
             agent_command,
-            epoch: Instant::now(),
+            // A day back, so an activity clock carried over from an earlier gateway
+            // (up to a day old) is still a number on this one's clock.
+            epoch: Instant::now()
+                .checked_sub(std::time::Duration::from_secs(86_400))
+                .unwrap_or_else(Instant::now),
             draining: AtomicBool::new(false),
             closing: tokio::sync::watch::Sender::new(false),
             relays: tokio::sync::watch::Sender::new(0),

@@ -53,6 +53,7 @@ impl Gateway {
     /// workspace synced from disk.
     pub async fn recover(&self) -> anyhow::Result<()> {
         let ctx = &self.edge.ctx;
+        let mut adopting = Vec::new();
         for record in ctx.state.live_sandboxes().await? {
             let tenant = record.tenant.clone();
             let survivor = record.identity.as_ref().and_then(|i| {
@@ -70,7 +71,8 @@ impl Gateway {
                 match ctx.runtime.adopt(survivor).await {
                     Ok(Some(sandbox)) => {
                         tracing::info!(%tenant, pid = survivor.pid, "took over a running sandbox");
-                        self.edge.tenants.adopt(sandbox);
+                        let last_active = record.identity.as_ref().and_then(|i| i.last_active_ms);
+                        adopting.push(self.edge.tenants.adopt(sandbox, last_active));
                         continue;
                     }
                     Ok(None) => {}
@@ -100,6 +102,8 @@ impl Gateway {
             };
             ctx.state.record(&t).await?;
         }
+        // Serving begins with every survivor ready: no request starts a second one.
+        futures_util::future::join_all(adopting).await;
         Ok(())
     }
 

@@ -113,7 +113,7 @@ enum Command {
     Hold(oneshot::Sender<Result<HoldGuard, ApiError>>, bool),
     Started(u64, Box<Result<Started, ApiError>>),
     /// Take over a sandbox an earlier gateway started.
-    Adopt(Box<Sandbox>),
+    Adopt(Box<Sandbox>, Option<u64>, oneshot::Sender<()>),
     /// The gateway goes and leaves a running sandbox to the next one: sync it one
     /// last time and let go of it (others are stopped). The actor ends.
     Leave(oneshot::Sender<()>),
@@ -326,9 +326,14 @@ impl Tenants {
     }
 
     /// Takes over a sandbox an earlier gateway started and left running.
-    pub fn adopt(&self, sandbox: Sandbox) {
+    /// Answers once it is ready (or could not be taken).
+    pub fn adopt(&self, sandbox: Sandbox, last_active_ms: Option<u64>) -> oneshot::Receiver<()> {
         let handle = self.handle(&sandbox.tenant);
-        let _ = handle.tx.send(Command::Adopt(Box::new(sandbox)));
+        let (done, adopted) = oneshot::channel();
+        let _ = handle
+            .tx
+            .send(Command::Adopt(Box::new(sandbox), last_active_ms, done));
+        adopted
     }
 
     /// The freeze of a tenant's running sandbox, if one runs.
@@ -429,6 +434,7 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         recheck_at: None,
         failures: 0,
         restart_after: None,
+        adopted: None,
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -466,6 +472,8 @@ struct Actor {
     /// Crashes and OOMs in a row, and when the next start may begin.
     failures: u32,
     restart_after: Option<Instant>,
+    /// Told once a sandbox being taken over from an earlier gateway is ready (or not).
+    adopted: Option<oneshot::Sender<()>>,
 }
 
 /// The wait before restarting a sandbox that crashed, doubled for each failure in a
@@ -534,7 +542,10 @@ impl Actor {
                     }
                 }
                 Command::Started(generation, result) => self.started(generation, *result).await,
-                Command::Adopt(sandbox) => self.adopt(*sandbox).await,
+                Command::Adopt(sandbox, last_active, done) => {
+                    self.adopted = Some(done);
+                    self.adopt(*sandbox, last_active).await;
+                }
                 Command::Leave(reply) => match self.phase {
                     Phase::Ready { .. } => {
                         self.leave().await;
@@ -639,6 +650,19 @@ impl Actor {
             return;
         };
         watch.stop().await;
+        // For the next gateway's idle clock.
+        let idle_for = self
+            .ctx
+            .mono_ms()
+            .saturating_sub(self.handle.last_active_ms());
+        let identity = SandboxIdentity {
+            generation: sandbox.generation,
+            pid: Some(sandbox.pid),
+            pid_start_ticks: Some(sandbox.pid_start_ticks),
+            address: Some(sandbox.address.to_string()),
+            container: sandbox.container.clone(),
+            last_active_ms: Some(unix_ms().saturating_sub(idle_for)),
+        };
         let freeze = SandboxFreeze {
             runtime: self.ctx.runtime.clone(),
             sandbox,
@@ -647,14 +671,25 @@ impl Actor {
         if let Err(e) = self.ctx.sync.sync(tenant, Some(&freeze)).await {
             tracing::warn!(%tenant, error = %e, "last sync before leaving failed; the next gateway syncs it");
         }
+        // Still ready, now with its activity clock (no detail: the tenant's detail
+        // speaks of its last stop).
+        self.transition(SandboxState::Ready, None, Some(identity), None)
+            .await;
     }
 
     /// Makes `sandbox`, which an earlier gateway started and left running, this
     /// tenant's running sandbox: a slot, a name in the proxy, the sync watch, `Ready`.
-    async fn adopt(&mut self, sandbox: Sandbox) {
+    /// Its idle clock goes on from `last_active_ms` (wall clock), if the gateway that
+    /// left it said; else from now.
+    async fn adopt(&mut self, sandbox: Sandbox, last_active_ms: Option<u64>) {
         if !matches!(self.phase, Phase::Asleep) {
             return;
         }
+        let idle_for = last_active_ms.map_or(0, |at| unix_ms().saturating_sub(at));
+        self.handle.shared.last_active_ms.store(
+            self.ctx.mono_ms().saturating_sub(idle_for),
+            Ordering::Relaxed,
+        );
         let generation = sandbox.generation;
         self.phase = Phase::Starting(generation);
         let ctx = self.ctx.clone();
@@ -689,6 +724,13 @@ impl Actor {
         if !matches!(self.phase, Phase::Starting(g) if g == generation) {
             return;
         }
+        self.settle_started(generation, result).await;
+        if let Some(done) = self.adopted.take() {
+            let _ = done.send(());
+        }
+    }
+
+    async fn settle_started(&mut self, generation: u64, result: Result<Started, ApiError>) {
         match result {
             Ok(Started {
                 sandbox,
@@ -702,6 +744,7 @@ impl Actor {
                     pid_start_ticks: Some(sandbox.pid_start_ticks),
                     address: Some(sandbox.address.to_string()),
                     container: sandbox.container.clone(),
+                    last_active_ms: None,
                 };
                 let watcher = sandbox.clone();
                 let tx = self.handle.tx.clone();

@@ -35,6 +35,7 @@ pub async fn run(store: &dyn StateStore) {
         pid_start_ticks: Some(987_654),
         address: Some("127.0.0.1:40001".into()),
         container: Some("c0ffee".into()),
+        last_active_ms: Some(1_700_000_000_000),
     };
     store
         .record(&transition("user_a", SandboxState::Starting, 1_000))

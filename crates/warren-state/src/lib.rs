@@ -27,6 +27,9 @@ pub struct SandboxIdentity {
     pub address: Option<String>,
     /// The container's id, for a container runtime.
     pub container: Option<String>,
+    /// When it was last in use (ms since the Unix epoch), as a gateway that left it
+    /// running for the next one recorded: the next one's idle clock goes on from there.
+    pub last_active_ms: Option<u64>,
 }
 
 /// One change of a tenant's sandbox state.

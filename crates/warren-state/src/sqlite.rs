@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     last_stop_cause TEXT,
     last_stop_ms    INTEGER,
     detail          TEXT,
-    container       TEXT
+    container       TEXT,
+    last_active_ms  INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,18 +60,22 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
-        // Databases from before containers lack the column.
-        let has_container: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'container'",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map_err(backend)?
-            > 0;
-        if !has_container {
-            conn.execute("ALTER TABLE sandboxes ADD COLUMN container TEXT", [])
+        // Columns added since the first schema, to older databases.
+        for (column, kind) in [("container", "TEXT"), ("last_active_ms", "INTEGER")] {
+            let has: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = ?1",
+                    [column],
+                    |row| row.get(0),
+                )
                 .map_err(backend)?;
+            if has == 0 {
+                conn.execute(
+                    &format!("ALTER TABLE sandboxes ADD COLUMN {column} {kind}"),
+                    [],
+                )
+                .map_err(backend)?;
+            }
         }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -108,7 +113,7 @@ fn cause_of(raw: Option<String>) -> Result<Option<StopCause>, StateError> {
     .transpose()
 }
 
-const SANDBOX_COLUMNS: &str = "tenant_id, state, since_ms, generation, pid, pid_start_ticks, address, last_stop_cause, last_stop_ms, detail, container";
+const SANDBOX_COLUMNS: &str = "tenant_id, state, since_ms, generation, pid, pid_start_ticks, address, last_stop_cause, last_stop_ms, detail, container, last_active_ms";
 
 type SandboxRow = (
     String,
@@ -122,6 +127,7 @@ type SandboxRow = (
     Option<i64>,
     Option<String>,
     Option<String>,
+    Option<i64>,
 );
 
 fn read_sandbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
@@ -137,6 +143,7 @@ fn read_sandbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRow> {
         row.get(8)?,
         row.get(9)?,
         row.get(10)?,
+        row.get(11)?,
     ))
 }
 
@@ -153,6 +160,7 @@ fn sandbox_record(row: SandboxRow) -> Result<SandboxRecord, StateError> {
         stop_ms,
         detail,
         container,
+        last_active,
     ) = row;
     let identity = generation.map(|generation| SandboxIdentity {
         generation: generation as u64,
@@ -160,6 +168,7 @@ fn sandbox_record(row: SandboxRow) -> Result<SandboxRecord, StateError> {
         pid_start_ticks: ticks.map(|t| t as u64),
         address,
         container,
+        last_active_ms: last_active.map(|t| t as u64),
     });
     let last_stop = match (cause_of(cause)?, stop_ms) {
         (Some(cause), Some(at)) => Some((cause, at as u64)),
@@ -185,12 +194,12 @@ impl StateStore for SqliteStore {
             let stopped = t.cause.map(|c| (c.as_str(), t.at_ms as i64));
             tx.execute(
                 "INSERT INTO sandboxes (tenant_id, state, since_ms, generation, pid, pid_start_ticks, address,
-                                        last_stop_cause, last_stop_ms, detail, container)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                        last_stop_cause, last_stop_ms, detail, container, last_active_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT (tenant_id) DO UPDATE SET
                     state = excluded.state, since_ms = excluded.since_ms, generation = excluded.generation,
                     pid = excluded.pid, pid_start_ticks = excluded.pid_start_ticks, address = excluded.address,
-                    container = excluded.container,
+                    container = excluded.container, last_active_ms = excluded.last_active_ms,
                     last_stop_cause = COALESCE(excluded.last_stop_cause, sandboxes.last_stop_cause),
                     last_stop_ms = COALESCE(excluded.last_stop_ms, sandboxes.last_stop_ms),
                     detail = COALESCE(excluded.detail, sandboxes.detail)",
@@ -206,6 +215,7 @@ impl StateStore for SqliteStore {
                     stopped.map(|s| s.1),
                     t.detail,
                     id.and_then(|i| i.container.clone()),
+                    id.and_then(|i| i.last_active_ms.map(|t| t as i64)),
                 ],
             )
             .map_err(backend)?;
@@ -304,8 +314,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let old = Connection::open(&path).unwrap();
-        old.execute_batch(&SCHEMA.replace(",\n    container       TEXT", ""))
-            .unwrap();
+        old.execute_batch(
+            &SCHEMA
+                .replace(",\n    container       TEXT", "")
+                .replace(",\n    last_active_ms  INTEGER", ""),
+        )
+        .unwrap();
         old.execute(
             "INSERT INTO sandboxes (tenant_id, state, since_ms) VALUES ('user_a', 'asleep', 1)",
             [],
@@ -321,6 +335,7 @@ mod tests {
             pid_start_ticks: Some(8),
             address: None,
             container: Some("abc".into()),
+            last_active_ms: Some(10),
         };
         let t = Transition {
             tenant: tenant.clone(),

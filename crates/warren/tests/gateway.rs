@@ -846,3 +846,24 @@ async fn an_upgrade_by_socket_handover_fails_no_request_loses_no_message_restart
     assert_eq!(gw.history("user_a").await, ["before", "during", "after"]);
     assert_eq!(gw.agent_pid("user_a").await, pid);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_left_to_the_next_gateway_keeps_its_idle_clock() {
+    // Idle for 6 s sends a sandbox to sleep. It is used, then the gateway stops
+    // (SIGTERM) and stays down 4 s: the next gateway must count those 4 s, and put it
+    // to sleep about 2 s after it starts, not 6 s.
+    let mut gw = Gateway::start("sleep_after = \"6s\"");
+    gw.get_as("user_a", "/api/history").await;
+    let pid = gw.agent_pid("user_a").await;
+    tokio::task::block_in_place(|| gw.stop());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::task::block_in_place(|| gw.start_again());
+    // Taken over before the gateway serves: the same sandbox, ready.
+    assert_eq!(gw.state("user_a").await, "ready");
+    assert_eq!(gw.agent_pid("user_a").await, pid);
+    // Asleep within 5 s, not the 6 s a fresh clock would take.
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(5))
+        .await;
+    assert!(!process_alive(pid));
+    assert_eq!(gw.status("user_a").await["last_stop"]["cause"], "idle");
+}
