@@ -867,3 +867,57 @@ async fn a_sandbox_left_to_the_next_gateway_keeps_its_idle_clock() {
     assert!(!process_alive(pid));
     assert_eq!(gw.status("user_a").await["last_stop"]["cause"], "idle");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_socket_activation_serves_on_the_socket_it_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warren.toml");
+    std::fs::write(
+        &config,
+        format!("[auth]\nsigning_secret = \"{}\"\n", harness::SECRET),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    // The activator listens, and runs warren (passing it the socket, LISTEN_FDS) on
+    // the first connection, which waits in the backlog meanwhile.
+    let mut activator = std::process::Command::new("systemd-socket-activate")
+        .args(["-l", &listen, harness::warren_bin(), "serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (apt-get install systemd; scripts/test does)");
+    let mut connected = None;
+    for _ in 0..500 {
+        if let Ok(tcp) = std::net::TcpStream::connect(&listen) {
+            connected = Some(tcp);
+            break;
+        }
+        tokio::time::sleep(harness::POLL).await;
+    }
+    let mut tcp = connected.expect("the activator never listened");
+    use std::io::{Read, Write};
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    tokio::task::block_in_place(|| tcp.read_to_string(&mut reply)).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // The activator became warren (exec): SIGINT ends it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(activator.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(
+        tokio::task::block_in_place(|| activator.wait())
+            .unwrap()
+            .success()
+    );
+}
