@@ -686,7 +686,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn warren_chat_rides_out_a_gateway_restart_and_loses_nothing() {
+async fn warren_chat_rides_out_a_gateway_restart_and_a_crash_and_loses_nothing() {
     use std::io::{BufRead, Write};
     let mut gw = Gateway::start("");
     let url = format!("http://{}/?{}", gw.addr, gw.query("user_a"));
@@ -723,12 +723,16 @@ async fn warren_chat_rides_out_a_gateway_restart_and_loses_nothing() {
 
     writeln!(stdin, "one").unwrap();
     assert_eq!(next_line(), "one");
-    // The gateway goes away; a line typed meanwhile waits for it to come back.
+    let pid = gw.agent_pid("user_a").await;
+    // The gateway goes away (SIGTERM); a line typed meanwhile waits for it to come back.
     tokio::task::block_in_place(|| gw.stop());
     writeln!(stdin, "two").unwrap();
     tokio::task::block_in_place(|| gw.start_again());
     assert_eq!(next_line(), "two");
+    // And again, by a crash (SIGKILL): no close frame this time, the same recovery.
+    tokio::task::block_in_place(|| gw.crash());
     writeln!(stdin, "three").unwrap();
+    tokio::task::block_in_place(|| gw.start_again());
     assert_eq!(next_line(), "three");
     drop(stdin);
 
@@ -736,8 +740,9 @@ async fn warren_chat_rides_out_a_gateway_restart_and_loses_nothing() {
     assert!(out.status.success(), "warren chat failed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("closed with 1012"), "{stderr}");
-    // Each message kept once: nothing lost, nothing sent twice.
+    // Each message kept once: nothing lost, nothing sent twice; by one sandbox.
     assert_eq!(gw.history("user_a").await, ["one", "two", "three"]);
+    assert_eq!(gw.agent_pid("user_a").await, pid);
 }
 
 /// `GET path` on a connection of its own (`Connection: close`); the status, or why none.
