@@ -52,8 +52,8 @@ pub struct Config {
     /// is closed.
     pub client_header_timeout: ConfigDuration,
     /// How long a gateway that hands over to a successor keeps relaying its open
-    /// WebSockets before it closes them (1012) and exits; also how long any shutdown
-    /// waits for requests in flight.
+    /// WebSockets before it closes them (1012); also how long each later step of a
+    /// shutdown (close handshakes, requests in flight) may take.
     pub drain_timeout: ConfigDuration,
     pub auth: AuthConfig,
     pub admission: AdmissionConfig,
@@ -654,6 +654,13 @@ impl Config {
                 "runtime.sandbox_uid must not be 0 (root) and runtime.agent_port must be set"
                     .into(),
             );
+        }
+        // A container that shares the host's network or another's is no sandbox.
+        let mode = self.runtime.outbound_network.as_str();
+        if mode == "host" || mode.starts_with("container:") || mode.starts_with("ns:") {
+            return invalid(format!(
+                "runtime.outbound_network = {mode:?} would share another network namespace; use \"bridge\" or \"slirp4netns\""
+            ));
         }
         if self.runtime.start_timeout.0.is_zero() {
             return invalid("runtime.start_timeout must be more than 0".into());

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::os::fd::AsFd as _;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -123,7 +123,10 @@ impl Gateway {
         let control_path = ctx.config.data_dir.join(handover::CONTROL_SOCKET);
         let _ = std::fs::remove_file(&control_path);
         let control = tokio::net::UnixListener::bind(&control_path)?;
-        let control_inode = std::fs::metadata(&control_path)?.ino();
+        // Only this gateway's own user may ask for its socket.
+        std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
+        let control_meta = std::fs::metadata(&control_path)?;
+        let (control_inode, owner) = (control_meta.ino(), control_meta.uid());
         let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
         let app = edge::router(self.edge.clone());
         let header_timeout = ctx.config.client_header_timeout.0;
@@ -144,7 +147,7 @@ impl Gateway {
 
         let (how, successor) = tokio::select! {
             how = shutdown => (how, None),
-            successor = takeover_request(&control) => (Shutdown::Leave, Some(successor)),
+            successor = takeover_request(&control, owner) => (Shutdown::Leave, Some(successor)),
         };
         stop_workers.send_replace(true);
         if let Some(sweep) = sweep {
@@ -203,13 +206,24 @@ impl Gateway {
     }
 }
 
-/// Waits for a successor's takeover request on the control socket.
-async fn takeover_request(control: &tokio::net::UnixListener) -> tokio::net::UnixStream {
+/// Waits for a successor's takeover request on the control socket, from a process of
+/// user `owner` (checked by the kernel's word, `SO_PEERCRED`).
+async fn takeover_request(
+    control: &tokio::net::UnixListener,
+    owner: u32,
+) -> tokio::net::UnixStream {
     loop {
         let Ok((stream, _)) = control.accept().await else {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
+        match rustix::net::sockopt::socket_peercred(&stream) {
+            Ok(peer) if peer.uid.as_raw() == owner => {}
+            peer => {
+                tracing::warn!(?peer, "refused a takeover request from another user");
+                continue;
+            }
+        }
         let Ok(mut s) = stream.into_std() else {
             continue;
         };

@@ -115,7 +115,7 @@ enum Command {
     /// Take over a sandbox an earlier gateway started.
     Adopt(Box<Sandbox>, Option<u64>, oneshot::Sender<()>),
     /// The gateway goes and leaves a running sandbox to the next one: sync it one
-    /// last time and let go of it (others are stopped). The actor ends.
+    /// last time and let go of it, and the actor ends; one still starting is stopped.
     Leave(oneshot::Sender<()>),
     Exited(u64, Exit),
     Stopped(u64, String),
@@ -623,6 +623,14 @@ impl Actor {
     }
 
     async fn begin_start(&mut self) {
+        // Once the gateway shuts down no sandbox starts: a successor may own the
+        // tenant already. Whoever waits is told to come back.
+        if self.ctx.draining.load(Ordering::Acquire) {
+            for waiter in self.waiters.drain(..) {
+                let _ = waiter.send(Err(gone()));
+            }
+            return;
+        }
         let generation = self.ctx.next_generation();
         self.phase = Phase::Starting(generation);
         self.transition(SandboxState::Starting, None, None, None)
@@ -642,8 +650,8 @@ impl Actor {
     }
 
     /// Lets go of the running sandbox without stopping it: the sync watch ends after a
-    /// last sync (frozen), and nothing is recorded, so the state store still says it
-    /// runs and the next gateway takes it over.
+    /// last sync (frozen), and the state store keeps it `Ready` with its last activity,
+    /// so the next gateway takes it over and its idle clock goes on.
     async fn leave(&mut self) {
         let Phase::Ready { sandbox, watch, .. } = std::mem::replace(&mut self.phase, Phase::Asleep)
         else {
@@ -655,14 +663,7 @@ impl Actor {
             .ctx
             .mono_ms()
             .saturating_sub(self.handle.last_active_ms());
-        let identity = SandboxIdentity {
-            generation: sandbox.generation,
-            pid: Some(sandbox.pid),
-            pid_start_ticks: Some(sandbox.pid_start_ticks),
-            address: Some(sandbox.address.to_string()),
-            container: sandbox.container.clone(),
-            last_active_ms: Some(unix_ms().saturating_sub(idle_for)),
-        };
+        let identity = identity_of(&sandbox, Some(unix_ms().saturating_sub(idle_for)));
         let freeze = SandboxFreeze {
             runtime: self.ctx.runtime.clone(),
             sandbox,
@@ -738,14 +739,7 @@ impl Actor {
                 slot,
                 phases,
             }) => {
-                let identity = SandboxIdentity {
-                    generation,
-                    pid: Some(sandbox.pid),
-                    pid_start_ticks: Some(sandbox.pid_start_ticks),
-                    address: Some(sandbox.address.to_string()),
-                    container: sandbox.container.clone(),
-                    last_active_ms: None,
-                };
+                let identity = identity_of(&sandbox, None);
                 let watcher = sandbox.clone();
                 let tx = self.handle.tx.clone();
                 tokio::spawn(async move {
@@ -841,7 +835,10 @@ impl Actor {
             return;
         };
         self.phase = Phase::Stopping(sandbox.generation);
-        self.transition(SandboxState::Stopping, Some(cause), None, None)
+        // With its identity: should this gateway die before the stop ends, the next
+        // one finds it.
+        let identity = identity_of(&sandbox, None);
+        self.transition(SandboxState::Stopping, Some(cause), Some(identity), None)
             .await;
         let ending = Ending {
             cause,
@@ -1038,6 +1035,18 @@ async fn finish_stop(
     ));
 }
 
+/// What the state store keeps of a sandbox to find it again.
+fn identity_of(sandbox: &Sandbox, last_active_ms: Option<u64>) -> SandboxIdentity {
+    SandboxIdentity {
+        generation: sandbox.generation,
+        pid: Some(sandbox.pid),
+        pid_start_ticks: Some(sandbox.pid_start_ticks),
+        address: Some(sandbox.address.to_string()),
+        container: sandbox.container.clone(),
+        last_active_ms,
+    }
+}
+
 /// Admission, restore, creation and the readiness probe of one start.
 async fn start_sandbox(
     ctx: &Context,
@@ -1091,6 +1100,15 @@ async fn start_sandbox(
         .await
         .map_err(|e| failed(e.to_string()))?;
     let t3 = Instant::now();
+    // Recorded at once, so a gateway that dies during the readiness probe leaves a
+    // record the next one finds the sandbox by.
+    if let Err(e) = ctx
+        .state
+        .identify(handle.tenant(), &identity_of(&sandbox, None))
+        .await
+    {
+        tracing::warn!(tenant = %handle.tenant(), error = %e, "cannot record the sandbox's identity");
+    }
     let deadline = t3 + ctx.config.runtime.start_timeout.0;
     let upstream = ctx.upstreams.insert(generation, sandbox.endpoint.clone());
     // Known from now on to whoever must freeze it (a sweep), though not yet to requests.

@@ -1,11 +1,12 @@
-//! cgroup limits for process sandboxes: memory, CPU and pids from the instance type, on
+//! cgroup limits for sandboxes: memory, CPU and pids from the instance type, on
 //! cgroup v2 (one unified tree) or v1 (a tree per controller, as on hybrid hosts where
 //! v2's `unified` mount holds no controllers), and the one fact a sandbox's end needs
 //! from them: was it killed for memory.
 //!
-//! A sandbox's cgroup is `warren/<tenant>-<generation>-<gateway pid>` under each controller's root.
-//! The sandbox is placed in it before its first instruction (see `ProcessRuntime`), so
-//! every process it ever forks is counted.
+//! A sandbox's cgroup is `warren/<tenant>-<generation>-<gateway pid>` (a container's:
+//! `warren/warren-<tenant>-g<generation>-<gateway pid>`, the engine's own cgroup inside
+//! it) under each controller's root. A process sandbox is placed in it before its first
+//! instruction (see `ProcessRuntime`), so every process it ever forks is counted.
 
 use std::path::{Path, PathBuf};
 

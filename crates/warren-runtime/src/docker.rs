@@ -46,6 +46,8 @@ const WORKSPACE: &str = "/workspace";
 const DATA_DIR_LABEL: &str = "warren.data-dir";
 /// How often a container's state is read again when the engine's wait failed.
 const POLL: Duration = Duration::from_millis(100);
+/// The longest pause between questions to an engine that does not answer.
+const ENGINE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// How the container runtime is set up.
 #[derive(Debug, Clone)]
@@ -276,8 +278,10 @@ async fn watch_container(
     limited: Option<Limited>,
 ) -> Exit {
     // The engine's wait answers when the container ends; if the connection breaks
-    // first, its state is read until it says so.
+    // first (the engine restarts, say), its state is read until it says so. Only the
+    // engine saying it has no such container means it is gone.
     let _ = docker.wait_container(&id, None).next().await;
+    let mut pause = POLL;
     let mut exit = loop {
         match docker.inspect_container(&id, None).await {
             Ok(info) => {
@@ -285,13 +289,20 @@ async fn watch_container(
                 if state.running != Some(true) {
                     break exit_of(&state);
                 }
+                pause = POLL;
             }
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "the container vanished");
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                tracing::warn!(container = %id, "the container vanished");
                 break Exit::Code(-1);
             }
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "cannot ask the engine about a container; asking again");
+                pause = (pause * 2).min(ENGINE_RETRY_MAX);
+            }
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
     };
     // Asked before the container (and its cgroup inside ours) is removed.
     if limited.as_ref().is_some_and(Limited::oom_killed) {

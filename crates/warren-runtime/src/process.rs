@@ -135,6 +135,17 @@ pub(crate) fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Ends a sandbox whose start failed half way: its processes, then its cgroup.
+async fn abandon(pid: u32, cgroup: Option<&Cgroup>) {
+    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    if let Some(cgroup) = cgroup {
+        if let Some(procs) = cgroup.procs_files().into_iter().next() {
+            Members::Cgroup(procs).signal(Signal::SIGKILL);
+        }
+        cgroup.remove_when_empty().await;
+    }
+}
+
 /// Where slirp4netns answers DNS queries, inside the sandbox.
 const SLIRP_DNS: &str = "10.0.2.3";
 /// How long slirp4netns may take to set up the sandbox's interface.
@@ -158,6 +169,8 @@ async fn start_slirp(
             "--disable-host-loopback",
         ])
         .args(["--ready-fd=1", "--netns-type=path"])
+        // It parses the sandbox's packets as root: in a sandbox of its own, under seccomp.
+        .args(["--enable-sandbox", "--enable-seccomp"])
         .arg(format!("/proc/{inner}/ns/net"))
         .arg("tap0")
         .env_clear()
@@ -393,7 +406,7 @@ impl Runtime for ProcessRuntime {
                 match opened {
                     Ok((ns, inner)) => (Some(Arc::new(ns)), Some(inner)),
                     Err(e) => {
-                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        abandon(pid, cgroup.as_ref()).await;
                         return Err(e);
                     }
                 }
@@ -412,7 +425,7 @@ impl Runtime for ProcessRuntime {
                 match attached {
                     Ok(slirp) => Some(slirp),
                     Err(e) => {
-                        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        abandon(pid, cgroup.as_ref()).await;
                         return Err(e);
                     }
                 }

@@ -52,6 +52,15 @@ pub async fn run(store: &dyn StateStore) {
         .record(&transition("user_b", SandboxState::Starting, 1_020))
         .await
         .unwrap();
+    // An identity attached while starting: the row has it, the state and the event
+    // log are unchanged.
+    store.identify(&b, &identity).await.unwrap();
+    let starting = store.sandbox(&b).await.unwrap().unwrap();
+    assert_eq!(
+        (starting.state, starting.identity.as_ref()),
+        (SandboxState::Starting, Some(&identity))
+    );
+    assert_eq!(store.events(Some(&b), 10).await.unwrap().len(), 1);
 
     let row = store.sandbox(&a).await.unwrap().unwrap();
     assert_eq!(row.state, SandboxState::Ready);

@@ -82,6 +82,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// Records a transition: the sandbox row and an event, atomically.
     async fn record(&self, transition: &Transition) -> Result<(), StateError>;
 
+    /// Attaches `identity` to the tenant's current row, its state unchanged and no
+    /// event added: a sandbox that exists but is not ready yet, findable if the
+    /// gateway dies before it is.
+    async fn identify(
+        &self,
+        tenant: &TenantId,
+        identity: &SandboxIdentity,
+    ) -> Result<(), StateError>;
+
     /// The tenant's current sandbox row, if it ever had one.
     async fn sandbox(&self, tenant: &TenantId) -> Result<Option<SandboxRecord>, StateError>;
 

@@ -229,6 +229,33 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn identify(
+        &self,
+        tenant: &TenantId,
+        identity: &SandboxIdentity,
+    ) -> Result<(), StateError> {
+        let (tenant, i) = (tenant.as_str().to_owned(), identity.clone());
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE sandboxes SET generation = ?2, pid = ?3, pid_start_ticks = ?4, address = ?5,
+                                      container = ?6, last_active_ms = ?7
+                 WHERE tenant_id = ?1",
+                params![
+                    tenant,
+                    i.generation as i64,
+                    i.pid,
+                    i.pid_start_ticks.map(|x| x as i64),
+                    i.address,
+                    i.container,
+                    i.last_active_ms.map(|x| x as i64),
+                ],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn sandbox(&self, tenant: &TenantId) -> Result<Option<SandboxRecord>, StateError> {
         let tenant = tenant.as_str().to_owned();
         self.with(move |conn| {

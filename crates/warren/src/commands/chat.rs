@@ -192,8 +192,9 @@ impl Session {
             tokio::select! {
                 line = lines.recv(), if !self.stdin_closed => match line.flatten() {
                     Some(text) => {
-                        ws.send(Message::text(text.clone())).await?;
-                        self.unanswered.push_back(text);
+                        // Queued first: if the send fails, the next connection sends it.
+                        self.unanswered.push_back(text.clone());
+                        ws.send(Message::text(text)).await?;
                     }
                     None => self.stdin_closed = true,
                 },

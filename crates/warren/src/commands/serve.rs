@@ -107,10 +107,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     init_logging(&config);
     raise_fd_limit();
+    // Read (and cleared from the environment) before any other thread exists.
+    let activated = if args.takeover {
+        None
+    } else {
+        listenfd::ListenFd::from_env()
+            .take_tcp_listener(0)
+            .context("cannot use the socket systemd passed (LISTEN_FDS)")?
+    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(config, args.takeover))
+        .block_on(serve(config, args.takeover, activated))
 }
 
 /// Where connections come from: the running gateway's socket (`--takeover`), one
@@ -118,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn listening_socket(
     config: &Config,
     takeover: bool,
+    activated: Option<std::net::TcpListener>,
 ) -> anyhow::Result<tokio::net::TcpListener> {
     let inherited = if takeover {
         let control = config
@@ -130,9 +139,7 @@ async fn listening_socket(
         tracing::info!("took over the running gateway's listening socket");
         Some(listener)
     } else {
-        listenfd::ListenFd::from_env()
-            .take_tcp_listener(0)
-            .context("cannot use the socket systemd passed (LISTEN_FDS)")?
+        activated
     };
     match inherited {
         Some(listener) => {
@@ -145,7 +152,11 @@ async fn listening_socket(
     }
 }
 
-async fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    takeover: bool,
+    activated: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     let signer = Signer::new(signing_secret(&config)?.expose().as_bytes());
@@ -176,7 +187,7 @@ async fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
             Arc::new(DockerRuntime::connect(&config.data_dir, options).await?)
         }
     };
-    let listener = listening_socket(&config, takeover).await?;
+    let listener = listening_socket(&config, takeover, activated).await?;
     let local = listener.local_addr()?;
     let command = agent_command(&config)?;
     let services = Services {
