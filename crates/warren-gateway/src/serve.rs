@@ -38,12 +38,37 @@ pub enum Shutdown {
 
 pub struct Gateway {
     edge: Arc<Edge>,
+    /// The data dir's lock (`gateway.lock`), held while this gateway manages its
+    /// sandboxes; let go when it hands them over.
+    lock: std::fs::File,
+}
+
+/// The lock that makes one gateway per data dir: a second `warren serve` is refused,
+/// and a successor (`--takeover`) waits for it until its predecessor has handed over.
+pub fn lock_data_dir(data_dir: &std::path::Path, wait: bool) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("gateway.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    if wait {
+        file.lock()?;
+    } else if let Err(e) = file.try_lock() {
+        anyhow::bail!(
+            "another gateway runs on {} ({e}); to replace it without dropping anyone, use `warren serve --takeover`",
+            data_dir.display()
+        );
+    }
+    Ok(file)
 }
 
 impl Gateway {
-    pub fn new(ctx: Context) -> Self {
+    /// A gateway over `ctx`, holding the data dir's lock (see `lock_data_dir`).
+    pub fn new(ctx: Context, lock: std::fs::File) -> Self {
         Self {
             edge: Edge::new(Arc::new(ctx)),
+            lock,
         }
     }
 
@@ -175,6 +200,8 @@ impl Gateway {
             });
             match handed {
                 Ok(()) => {
+                    // The sandboxes are the successor's now.
+                    let _ = self.lock.unlock();
                     tracing::info!(
                         "handed the listening socket over; relaying open WebSockets until they close or the drain deadline"
                     );

@@ -926,3 +926,27 @@ async fn systemd_socket_activation_serves_on_the_socket_it_passes() {
             .success()
     );
 }
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_data_dir_is_refused() {
+    let gw = Gateway::start("");
+    let config = gw.dir.path().join("warren.toml");
+    let data = gw.data_dir();
+    let (code, _, err) = harness::run_warren(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        gw.dir.path(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("another gateway runs"), "{err}");
+    assert!(err.contains("--takeover"), "{err}");
+    // The first one is untouched.
+    assert_eq!(gw.get("/healthz").await.status, 200);
+}

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use warren_core::auth::Signer;
 use warren_core::config::{AgentKind, Config, IsolationKind, LogFormat, RuntimeKind, StateKind};
+use warren_gateway::serve::lock_data_dir;
 use warren_gateway::{Context, Gateway, Services, Shutdown};
 use warren_runtime::{DockerOptions, DockerRuntime, Isolation, ProcessRuntime, Runtime};
 use warren_state::{SqliteStore, StateStore};
@@ -187,7 +188,11 @@ async fn serve(
             Arc::new(DockerRuntime::connect(&config.data_dir, options).await?)
         }
     };
+    // A successor takes the socket first (its predecessor lets go of the sandboxes
+    // and of the lock), then the lock.
     let listener = listening_socket(&config, takeover, activated).await?;
+    let data_dir = config.data_dir.clone();
+    let lock = tokio::task::spawn_blocking(move || lock_data_dir(&data_dir, takeover)).await??;
     let local = listener.local_addr()?;
     let command = agent_command(&config)?;
     let services = Services {
@@ -197,7 +202,7 @@ async fn serve(
     };
     // Caught from before the address is printed: whoever reads it may signal at once.
     let shutdown = shutdown_signal()?;
-    let gateway = Gateway::new(Context::new(config, signer, admin, services, command));
+    let gateway = Gateway::new(Context::new(config, signer, admin, services, command), lock);
     gateway.recover().await?;
     // Printed on stdout, whatever the log settings: scripts and tests read it.
     println!("warren listening on http://{local}");
