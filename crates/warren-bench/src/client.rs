@@ -43,6 +43,12 @@ impl HttpConn {
         })
     }
 
+    /// Whether the connection can take a request: false once the server has closed it
+    /// (a client then opens another, without sending anything on this one).
+    pub async fn is_open(&mut self) -> bool {
+        self.sender.ready().await.is_ok()
+    }
+
     pub async fn request(
         &mut self,
         method: Method,

@@ -41,7 +41,7 @@ pub struct ColdStart {
 
 /// The phases of one start, from a `Server-Timing` value such as
 /// `admission;dur=0.001, create;dur=1.824, boot;dur=0.445`.
-fn phases(server_timing: &str) -> anyhow::Result<[Duration; 3]> {
+pub fn phases(server_timing: &str) -> anyhow::Result<[Duration; 3]> {
     let mut found = [None; 3];
     for metric in server_timing.split(',') {
         let mut parts = metric.trim().split(';');

@@ -398,28 +398,42 @@ pub async fn stop_leftovers(warren: &Path, dir: &Path) -> usize {
     left
 }
 
-/// How many processes run as `uid` (the sandboxes' user), from `/proc`.
-pub fn processes_of_uid(uid: u32) -> usize {
+/// Processes of `uid` (the sandboxes' user), from `/proc`: how many run, and how many
+/// are zombies (ended, not yet reaped by their parent).
+pub fn processes_of_uid(uid: u32) -> (usize, usize) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return (0, 0);
     };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .filter(|status| {
-            // `Uid:` real, effective, saved, filesystem.
+    let (mut running, mut zombies) = (0, 0);
+    for entry in entries.filter_map(Result::ok) {
+        if entry
+            .file_name()
+            .to_str()
+            .is_none_or(|n| n.parse::<u32>().is_err())
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
             status
                 .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
-                == Some(uid)
-        })
-        .count()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .map(str::to_owned)
+        };
+        // `Uid:` real, effective, saved, filesystem.
+        if field("Uid:").and_then(|u| u.parse::<u32>().ok()) != Some(uid) {
+            continue;
+        }
+        if field("State:").as_deref() == Some("Z") {
+            zombies += 1;
+        } else {
+            running += 1;
+        }
+    }
+    (running, zombies)
 }
 
 /// Processes whose working directory is under `dir`: the sandboxes of a gateway whose

@@ -28,6 +28,7 @@ pub struct Target {
 }
 
 /// Timings, sorted.
+#[derive(Default)]
 pub struct Samples(Vec<Duration>);
 
 impl Samples {

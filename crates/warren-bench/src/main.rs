@@ -5,7 +5,9 @@
 //! proxy's latency and throughput side by side with nginx in front of the same agent,
 //! and the store: bytes and time for a small change next to rsync and restic, the RPO
 //! under a steady writer, a sweep of many tenants, and a full restore; and the two
-//! runtimes side by side (process and docker): start to ready, stop, memory per sandbox.
+//! runtimes side by side (process and docker): start to ready, stop, memory per sandbox;
+//! and upgrades and restarts: failed requests and lost messages while a gateway is
+//! replaced under load, sandboxes taken back after a crash, clients' reconnect time.
 //! It starts every process itself and stops each of them however it ends; it prints a
 //! markdown report on stdout and its progress on stderr.
 
@@ -26,11 +28,12 @@ mod report;
 mod rpo;
 mod runtimes;
 mod store;
+mod upgrade;
 
 #[derive(Parser)]
 #[command(
     name = "warren-bench",
-    about = "Benchmark warren: cold starts, its proxy next to nginx, its store next to rsync and restic, its runtimes side by side"
+    about = "Benchmark warren: cold starts, its proxy next to nginx, its store next to rsync and restic, its runtimes side by side, upgrades and restarts"
 )]
 struct Args {
     /// The warren binary (a release build).
@@ -98,6 +101,18 @@ struct Args {
     /// The echo agent's image for the docker runtime (`scripts/build-image` makes it).
     #[arg(long, default_value = "localhost/warren-echo:latest")]
     image: String,
+    /// Tenants holding a WebSocket through the upgrades and the restart.
+    #[arg(long, default_value_t = 20)]
+    upgrade_clients: usize,
+    /// Milliseconds between two messages on each of those WebSockets.
+    #[arg(long, default_value_t = 50)]
+    upgrade_interval_ms: u64,
+    /// Takeovers (`warren serve --takeover`) in a row under the same load.
+    #[arg(long, default_value_t = 3)]
+    upgrades: usize,
+    /// Sandboxes running when the gateway is killed (SIGKILL) and replaced.
+    #[arg(long, default_value_t = 100)]
+    crash_sandboxes: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +122,7 @@ enum Only {
     Proxy,
     Store,
     Runtimes,
+    Upgrade,
 }
 
 fn main() -> std::process::ExitCode {
@@ -234,6 +250,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let run = runtimes::run(&warren, &dir.join("runtimes"), &settings).await;
         if let Some(run) = outcome("Runtimes", run, &mut failed) {
             report::runtimes(&run, &settings);
+        }
+    }
+    if matches!(args.only, Only::All | Only::Upgrade) {
+        let settings = upgrade::Settings {
+            clients: args.upgrade_clients,
+            interval: Duration::from_millis(args.upgrade_interval_ms),
+            upgrades: args.upgrades,
+            crash_sandboxes: args.crash_sandboxes,
+        };
+        let run = upgrade::run(&warren, &dir.join("upgrade"), &settings).await;
+        if let Some(run) = outcome("Upgrades and restarts", run, &mut failed) {
+            report::upgrade(&run, &settings);
         }
     }
     ensure!(failed.is_empty(), "failed: {}", failed.join("; "));

@@ -11,6 +11,7 @@ use crate::proxy::{ProxyRun, Settings, TARGETS};
 use crate::rpo::Rpo;
 use crate::runtimes::{self, Runtimes};
 use crate::store::{self, ChangeRun, StoreRun};
+use crate::upgrade::{self, UpgradeRun};
 
 /// The cold-start goals of DESIGN.md ("Numbers to beat").
 const COLD_P50_GOAL: Duration = Duration::from_millis(50);
@@ -685,6 +686,312 @@ pub fn runtimes(run: &Runtimes, s: &runtimes::Settings) {
             "- **the image is older than the warren binary measured**: its agent may be \
              older code (rebuild it with `scripts/build-image`)"
         );
+    }
+    println!();
+}
+
+/// `p50 / p99 / max` of some timings, in ms.
+fn spread(s: &Samples) -> String {
+    if s.len() == 0 {
+        return "—".into();
+    }
+    format!(
+        "{} / {} / {}",
+        ms(s.percentile(0.5)),
+        ms(s.percentile(0.99)),
+        ms(s.percentile(1.0))
+    )
+}
+
+/// The HTTP rows of an upgrade or a restart, one column per phase.
+fn http_phases(run: [(&str, &[upgrade::HttpCount; 3]); 2]) {
+    println!(
+        "| HTTP `GET /api/history` | {} | {} | {} |",
+        upgrade::PHASES[0],
+        upgrade::PHASES[1],
+        upgrade::PHASES[2]
+    );
+    println!("|---|---:|---:|---:|");
+    for (kind, counts) in run {
+        let row = |name: &str, cell: &dyn Fn(&upgrade::HttpCount) -> String| {
+            let cells: Vec<String> = counts.iter().map(cell).collect();
+            println!("| {kind}: {name} | {} |", cells.join(" | "));
+        };
+        row("requests", &|c| c.requests.to_string());
+        row("**failed** (not 200, refused, reset)", &|c| {
+            format!("**{}**", c.failed())
+        });
+        row("… refused", &|c| c.refused.to_string());
+        if kind.starts_with("kept") {
+            row(
+                "… then 200 when tried once more on a new connection",
+                &|c| c.retried_ok.to_string(),
+            );
+            row(
+                "sent on a new connection: the kept one closed by the server while idle (not failures)",
+                &|c| c.reopened.to_string(),
+            );
+        }
+        row("latency p50 / p99 / max (ms)", &|c| spread(&c.latency));
+    }
+    println!();
+    for (kind, counts) in run {
+        for (phase, count) in upgrade::PHASES.iter().zip(counts) {
+            for example in &count.examples {
+                println!(
+                    "- failed ({kind}, {phase}): `{}`",
+                    plain(example).replace('`', "'")
+                );
+            }
+        }
+    }
+    println!();
+}
+
+/// The WebSocket rows of an upgrade or a restart.
+fn ws_rows(ws: &upgrade::WsSummary) {
+    println!("| WebSockets ({} clients) | |", ws.clients);
+    println!("|---|---:|");
+    println!(
+        "| messages sent / acknowledged (echo received) | {} / {} |",
+        ws.sent, ws.acknowledged
+    );
+    println!(
+        "| **lost**: acknowledged, then missing from the history | **{}** |",
+        ws.lost
+    );
+    println!(
+        "| sent, no echo (the connection closed first): in all / in the history after / not, so sent again | {} / {} / {} |",
+        ws.unacknowledged, ws.unacknowledged_kept, ws.resent
+    );
+    println!(
+        "| **sent and in no history at the end** | **{}** |",
+        ws.never_kept
+    );
+    println!("| held twice in the history | {} |", ws.duplicated);
+    let others = if ws.other_ends.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", ws.other_ends.join("; ").replace('|', "/"))
+    };
+    println!(
+        "| connections that ended: closed with 1012 / otherwise | {} / {}{others} |",
+        ws.closed_1012, ws.closed_otherwise
+    );
+    println!(
+        "| reconnect, close → first echo on the new connection: p50 / p99 / max (ms) | {} |",
+        spread(&ws.reconnect)
+    );
+    println!(
+        "| … of which backoff pauses: p50 / p99 / max (ms) | {} |",
+        spread(&ws.paused)
+    );
+    println!(
+        "| reconnect tries that failed / of them refused | {} / {} |",
+        ws.failed_tries, ws.refused
+    );
+    println!(
+        "| history reloads that checked every acknowledged message | {} |",
+        ws.history_checks
+    );
+    println!();
+}
+
+fn log_lines(name: &str, lines: &[String]) {
+    println!("- lines {name} logged (level warn): {}", lines.len());
+    for line in lines.iter().take(5) {
+        println!("  - `{}`", plain(line).replace('`', "'"));
+    }
+}
+
+pub fn upgrade(run: &UpgradeRun, s: &upgrade::Settings) {
+    let drain = upgrade::DRAIN_TIMEOUT.as_secs_f64();
+    let phase = upgrade::PHASE.as_secs_f64();
+    println!("## Upgrades and restarts\n");
+    println!(
+        "Each measurement runs its own gateway (echo agent, process runtime, \
+         `drain_timeout = \"{drain}s\"`) and ends it with SIGINT, which stops every sandbox. \
+         WebSocket clients: one per tenant, a text message every {} ms, each awaiting its \
+         echo; when the connection ends the client reconnects with `warren chat`'s backoff \
+         (a pause drawn evenly from 0 to 250 ms, doubling after each failed try, 10 s at \
+         most), reloads `/api/history` with the same credentials, checks that every \
+         acknowledged message is there and sends the next one at once. HTTP loops: \
+         {} loops each on a new connection per request (`Connection: close`, as a fresh \
+         client) and 1 on a kept-alive connection, each a `GET /api/history` of one \
+         tenant every {} ms (1 ms after a failure). A sandbox is *restarted* if the \
+         state store names another process for its tenant afterwards or the process it \
+         named is gone (pid and start time). p99 is nearest-rank: of fewer than 100 \
+         samples, the slowest.\n",
+        s.interval.as_millis(),
+        upgrade::NEW_CONNECTION_LOOPS,
+        upgrade::clients::HTTP_INTERVAL.as_millis()
+    );
+
+    let u = &run.under_load;
+    println!("### Upgrade under load: `warren serve --takeover`\n");
+    println!(
+        "{} tenants with a WebSocket, and the HTTP loops; after {phase} s, \
+         `warren serve --takeover --config C --data-dir D` replaces the gateway, {} times \
+         in a row, {phase} s apart. *During* is from the successor's spawn until the old \
+         gateway has exited (it relays its open WebSockets until the drain deadline, then \
+         closes them with 1012); *after* is every other moment after the first takeover.\n",
+        s.clients,
+        u.takeovers.len()
+    );
+    http_phases([
+        ("new connection", &u.new_connection),
+        ("kept alive", &u.keep_alive),
+    ]);
+    ws_rows(&u.ws);
+    println!(
+        "| takeover | successor: spawn → `warren listening` (ms) | spawn → old gateway exited (ms) |"
+    );
+    println!("|---:|---:|---:|");
+    for (i, t) in u.takeovers.iter().enumerate() {
+        println!(
+            "| {} | {} | {} |",
+            i + 1,
+            ms(t.ready_after),
+            ms(t.old_exited_after)
+        );
+    }
+    println!();
+    let failed_new: usize = u.new_connection.iter().map(|c| c.failed()).sum();
+    let failed_kept: usize = u.keep_alive.iter().map(|c| c.failed()).sum();
+    let kept_after_retry: usize = u.keep_alive.iter().map(|c| c.failed() - c.retried_ok).sum();
+    let refused: usize = u
+        .new_connection
+        .iter()
+        .chain(&u.keep_alive)
+        .map(|c| c.refused)
+        .sum::<usize>()
+        + u.ws.refused as usize;
+    let met = failed_new + failed_kept == 0 && u.ws.lost + u.ws.never_kept == 0;
+    println!(
+        "- goal (DESIGN.md): 0 failed requests and 0 lost messages during a deploy: {} \
+         (failed requests: {failed_new} on new connections, {failed_kept} on kept-alive ones, \
+         {kept_after_retry} of them still failing when tried once more; acknowledged \
+         messages lost: {}; messages sent and in no history at the end: {}; messages the \
+         old gateway dropped at its 1012 close, sent again: {})",
+        if met { "met" } else { "NOT met" },
+        u.ws.lost,
+        u.ws.never_kept,
+        u.ws.resent
+    );
+    println!("- connections refused, in all (HTTP and WebSocket reconnects): {refused}");
+    println!(
+        "- sandboxes restarted: {} of {} (every tenant's, compared before the first takeover \
+         and after the last)",
+        u.sandboxes.restarted, u.sandboxes.before
+    );
+    log_lines("the old gateways", &u.old_logs);
+    stopped(&u.stopped);
+    println!();
+
+    let c = &run.crash;
+    println!("### Re-adoption after a crash (SIGKILL)\n");
+    println!(
+        "{} tenants, one request each (`POST /echo`), so {} sandboxes run; the gateway gets \
+         SIGKILL, and a new `warren serve` starts at once on the same address, config and \
+         data dir. It takes back every running sandbox before it prints `warren \
+         listening`; then every tenant sends `POST /echo` at once, on a new connection, \
+         tried again every 5 ms until answered.\n",
+        c.sandboxes.before, c.sandboxes.before
+    );
+    println!("| figure | value |\n|---|---:|");
+    println!(
+        "| sandboxes running while no gateway ran | {} |",
+        c.running_without_gateway
+    );
+    println!(
+        "| new gateway: spawn → `warren listening`, all taken back (ms) | {} |",
+        ms(c.ready_after)
+    );
+    println!(
+        "| … a fresh gateway with nothing to take back, for comparison (ms) | {} |",
+        ms(c.fresh_ready)
+    );
+    println!(
+        "| spawn → first answer of each tenant: p50 / p99 / max (ms) | {} |",
+        spread(&c.answered)
+    );
+    println!(
+        "| tries that failed before the answer | {} |",
+        c.failed_tries
+    );
+    println!(
+        "| answers that waited for their sandbox to be taken back (`Server-Timing`, every phase 0) | {} |",
+        c.waited_for_adoption
+    );
+    println!(
+        "| answers that started a new sandbox (`Server-Timing` with a create phase) | {} |",
+        c.started
+    );
+    println!(
+        "| **sandboxes restarted** | **{} of {}** |\n",
+        c.sandboxes.restarted, c.sandboxes.before
+    );
+    stopped(&c.stopped);
+    println!();
+
+    let r = &run.restart;
+    println!(
+        "### Reconnect after a plain restart (SIGTERM, then a new gateway on the same port)\n"
+    );
+    println!(
+        "{} tenants with a WebSocket, and the HTTP loops; after {phase} s the gateway gets \
+         SIGTERM (it syncs every running sandbox once more, closes its port, closes the \
+         WebSockets with 1012, exits, leaving the sandboxes running) and, once it has \
+         exited, a new `warren serve` starts on the same address, as a service manager's \
+         restart would. *During* is from the SIGTERM to the new gateway's `warren \
+         listening`.\n",
+        s.clients
+    );
+    println!("| figure | value |\n|---|---:|");
+    println!("| old gateway: SIGTERM → exit (ms) | {} |", ms(r.stop_took));
+    println!(
+        "| new gateway: spawn → `warren listening`, all taken back (ms) | {} |",
+        ms(r.ready_after)
+    );
+    let span = |d: Option<Duration>| d.map_or("0 (none)".into(), ms);
+    println!(
+        "| **port closed**: first refused connection → end of the last (ms) | **{}** |",
+        span(r.port_closed)
+    );
+    println!(
+        "| HTTP requests failing: start of the first failure → end of the last (ms) | {} |",
+        span(r.failing)
+    );
+    println!(
+        "| **sandboxes restarted** | **{} of {}** |\n",
+        r.sandboxes.restarted, r.sandboxes.before
+    );
+    http_phases([
+        ("new connection", &r.new_connection),
+        ("kept alive", &r.keep_alive),
+    ]);
+    ws_rows(&r.ws);
+    log_lines("the old gateway", &r.old_log);
+    stopped(&r.stopped);
+    let [(before, before_z), (after, after_z)] = run.sandbox_user_processes;
+    println!(
+        "- processes of the sandboxes' user (uid {}) on the machine: {before} running and \
+         {before_z} zombies before the scenario, {after} running and {after_z} zombies \
+         right after its last gateway exited",
+        upgrade::SANDBOX_UID
+    );
+    if after_z > before_z {
+        match run.zombies_reaped_after {
+            Some(d) => println!(
+                "- those zombies (ended sandbox processes whose parent, the gateway that \
+                 started them, had gone) were reaped by their new parent {} ms later",
+                ms(d)
+            ),
+            None => println!(
+                "- those zombies were still there {} s later",
+                upgrade::REAP_DEADLINE.as_secs()
+            ),
+        }
     }
     println!();
 }

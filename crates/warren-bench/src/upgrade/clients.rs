@@ -2,16 +2,17 @@
 //!
 //! - HTTP loops: `GET /api/history` at a steady pace, each either on a connection of its
 //!   own (`Connection: close`, as a fresh client) or on one kept-alive connection
-//!   (reopened after an error, the failed request then tried once more on the new one,
-//!   as browsers do for idempotent requests on a reused connection). Every request is
+//!   (reopened when the server closed it while idle, as any client does; and after an
+//!   error, the failed request then tried once more on the new one, as browsers do for
+//!   idempotent requests on a reused connection). Every request is
 //!   recorded with its start, its duration and its outcome; none is retried silently.
 //! - WebSocket clients, one per tenant: a text message every `interval`, each awaiting
 //!   its echo before the next. When the connection closes or breaks, the client
 //!   reconnects with `warren chat`'s backoff (exponential, full jitter), reloads
 //!   `/api/history` with the same credentials and checks that every message it had
-//!   acknowledged is there; a message whose echo never came is looked for too (kept by
-//!   the agent, or not). It then sends at once: the reconnect time runs from the close
-//!   to the first echo on the new connection.
+//!   acknowledged is there; a message whose echo never came is looked for too: kept by
+//!   the agent, or sent again (as `warren chat` does). It then sends at once: the
+//!   reconnect time runs from the close to the first echo on the new connection.
 //!
 //! Every wait has a deadline; a client that cannot reconnect within `RECONNECT_DEADLINE`
 //! fails the run.
@@ -38,7 +39,7 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How an HTTP request ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
     /// An answer other than 200.
@@ -60,6 +61,17 @@ impl Outcome {
     }
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("200"),
+            Outcome::Status(status) => write!(f, "answered {status}"),
+            Outcome::Refused => f.write_str("connection refused"),
+            Outcome::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// One request of an HTTP loop.
 pub struct Attempt {
     pub at: Instant,
@@ -68,6 +80,9 @@ pub struct Attempt {
     /// Keep-alive loops only: the same request, tried once more on a new connection
     /// after a failure on the kept one.
     pub retried: Option<Outcome>,
+    /// Keep-alive loops only: the server had closed the kept connection while it was
+    /// idle, so this request went on a new one (as any client does; not a failure).
+    pub reopened: bool,
 }
 
 /// `GET path` at a steady pace until `stop`: each request on a new connection
@@ -85,6 +100,13 @@ pub async fn http_loop(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     while !*stop.borrow() {
         let at = Instant::now();
+        let reopened = match conn.as_mut() {
+            Some(kept) => !kept.is_open().await,
+            None => false,
+        };
+        if reopened {
+            conn = None;
+        }
         let (outcome, retried) = if keep_alive {
             let first = Outcome::of(kept_alive_get(&mut conn, address, &path, &cookie).await);
             if first == Outcome::Ok {
@@ -106,11 +128,9 @@ pub async fn http_loop(
             took: at.elapsed(),
             outcome,
             retried,
+            reopened,
         });
         if failed {
-            if keep_alive {
-                conn = None;
-            }
             tokio::time::sleep(RETRY_AFTER_FAILURE).await;
             ticker.reset();
         } else {
@@ -157,7 +177,10 @@ impl Backoff {
     };
 
     fn pause(self, failures: u32) -> Duration {
-        let bound = self.min.saturating_mul(1u32 << failures.min(16)).min(self.max);
+        let bound = self
+            .min
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.max);
         rand::rng().random_range(Duration::ZERO..=bound)
     }
 }
@@ -175,8 +198,8 @@ pub struct WsClient {
 pub struct Reconnect {
     /// When the client saw the connection end.
     pub closed_at: Instant,
-    /// The close frame's code (1012: service restart), none if it broke without one.
-    pub code: Option<u16>,
+    /// How the connection ended.
+    pub end: End,
     /// Tries that failed before one succeeded, and how many of them were refused.
     pub failed_tries: u32,
     pub refused: u32,
@@ -192,10 +215,13 @@ pub struct WsTally {
     pub sent: usize,
     pub acknowledged: usize,
     pub reconnects: Vec<Reconnect>,
-    /// Messages sent whose echo never came (the connection ended first), and of
-    /// them, those the history showed the agent had kept.
+    /// Messages sent whose echo never came (the connection ended first); of them,
+    /// those the history then showed the agent had kept, those sent again since it did
+    /// not, and those in no history at the end (lost for good).
     pub unacknowledged: usize,
     pub unacknowledged_kept: usize,
+    pub resent: usize,
+    pub never_kept: usize,
     /// Acknowledged messages missing from a history reload (each counted once).
     pub lost: usize,
     /// Messages the final history holds more than once.
@@ -204,11 +230,52 @@ pub struct WsTally {
     pub history_checks: usize,
 }
 
+/// One client's messages.
+#[derive(Default)]
+struct Messages {
+    /// Texts made so far.
+    made: usize,
+    /// Echoed, in order; dropped from here once found missing from a history.
+    acknowledged: Vec<String>,
+    /// Sent, then the connection ended before the echo: to look for in the history.
+    unanswered: Vec<String>,
+    /// Not kept by the agent: sent again before anything new.
+    to_resend: std::collections::VecDeque<String>,
+}
+
 /// Why a client stopped sending on its connection.
 enum Ended {
     Stop,
-    /// The connection ended: a close frame's code, or none.
-    Lost(Option<u16>),
+    Lost(End),
+}
+
+/// How a connection ended.
+pub enum End {
+    /// A close frame, with its code (1012: service restart) if it had one.
+    Closed(Option<u16>),
+    /// An error, or the end of the stream without a close frame.
+    Broken(String),
+}
+
+impl End {
+    /// `event`, unless it is a message (then its text).
+    fn of(event: WsEvent) -> Result<Self, String> {
+        match event {
+            WsEvent::Text(text) => Err(text),
+            WsEvent::Closed(code) => Ok(End::Closed(code)),
+            WsEvent::Broken(why) => Ok(End::Broken(why)),
+        }
+    }
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed(Some(code)) => write!(f, "closed with {code}"),
+            End::Closed(None) => f.write_str("closed without a code"),
+            End::Broken(why) => write!(f, "broken: {why}"),
+        }
+    }
 }
 
 impl WsClient {
@@ -218,48 +285,49 @@ impl WsClient {
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<WsTally> {
         let mut tally = WsTally::default();
         let mut ws = self.connect().await?;
-        let mut acknowledged: Vec<String> = Vec::new();
-        let mut unacknowledged: Vec<String> = Vec::new();
+        let mut messages = Messages::default();
         // A reconnect whose first echo is still to come.
         let mut timing: Option<Reconnect> = None;
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let ended = tokio::select! {
-                _ = stop.wait_for(|s| *s) => Ended::Stop,
-                event = ws.next_event() => match event {
-                    WsEvent::Text(text) => bail!("{}: a message nobody sent: {text:?}", self.user),
-                    WsEvent::Closed(code) => Ended::Lost(code),
-                    WsEvent::Broken(_) => Ended::Lost(None),
+                // The guard `wait_for` returns must not live across an await.
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => Ended::Stop,
+                event = ws.next_event() => match End::of(event) {
+                    Ok(end) => Ended::Lost(end),
+                    Err(text) => bail!("{}: a message nobody sent: {text:?}", self.user),
                 },
                 _ = ticker.tick() => {
-                    let text = format!("{}-{:06}", self.user, tally.sent);
-                    tally.sent += 1;
+                    let text = messages.to_resend.pop_front().unwrap_or_else(|| {
+                        messages.made += 1;
+                        format!("{}-{:06}", self.user, messages.made - 1)
+                    });
                     match self.round_trip(&mut ws, &text).await? {
                         None => {
                             tally.acknowledged += 1;
-                            acknowledged.push(text);
+                            messages.acknowledged.push(text);
                             if let Some(mut done) = timing.take() {
                                 done.to_first_echo = done.closed_at.elapsed();
                                 tally.reconnects.push(done);
                             }
                             continue;
                         }
-                        Some(code) => {
-                            unacknowledged.push(text);
-                            Ended::Lost(code)
+                        Some(end) => {
+                            messages.unanswered.push(text);
+                            Ended::Lost(end)
                         }
                     }
                 }
             };
             match ended {
                 Ended::Stop => break,
-                Ended::Lost(code) => {
+                Ended::Lost(end) => {
                     // A connection that ends before its first echo continues the
                     // reconnect it was part of: the time still runs from the first close.
                     let mut record = timing.take().unwrap_or(Reconnect {
                         closed_at: Instant::now(),
-                        code,
+                        end,
                         failed_tries: 0,
                         refused: 0,
                         paused: Duration::ZERO,
@@ -271,8 +339,7 @@ impl WsClient {
                     record.failed_tries += failed_tries;
                     record.refused += refused;
                     record.paused += paused;
-                    self.check_history(&mut tally, &mut acknowledged, &mut unacknowledged)
-                        .await?;
+                    self.check_history(&mut tally, &mut messages, false).await?;
                     timing = Some(record);
                     // Send at once: the reconnect is timed to the first echo.
                     ticker.reset_immediately();
@@ -280,34 +347,43 @@ impl WsClient {
             }
         }
         ws.close().await;
-        let history = self
-            .check_history(&mut tally, &mut acknowledged, &mut unacknowledged)
-            .await?;
+        let history = self.check_history(&mut tally, &mut messages, true).await?;
+        tally.sent = messages.made;
         let mut seen = std::collections::HashSet::new();
         tally.duplicated = history.iter().filter(|t| !seen.insert(*t)).count();
         Ok(tally)
     }
 
     async fn connect(&self) -> anyhow::Result<WsConn> {
-        tokio::time::timeout(ANSWER_DEADLINE, WsConn::connect(self.address, Some(&self.cookie)))
-            .await
-            .unwrap_or_else(|_| bail!("no WebSocket within {ANSWER_DEADLINE:?}"))
+        tokio::time::timeout(
+            ANSWER_DEADLINE,
+            WsConn::connect(self.address, Some(&self.cookie)),
+        )
+        .await
+        .unwrap_or_else(|_| bail!("no WebSocket within {ANSWER_DEADLINE:?}"))
     }
 
     /// Sends `text` and waits for its echo: `None` once it came, or how the connection
     /// ended before.
-    async fn round_trip(&self, ws: &mut WsConn, text: &str) -> anyhow::Result<Option<Option<u16>>> {
-        if ws.send_text(text).await.is_err() {
-            return Ok(Some(None));
+    async fn round_trip(&self, ws: &mut WsConn, text: &str) -> anyhow::Result<Option<End>> {
+        if let Err(e) = ws.send_text(text).await {
+            return Ok(Some(End::Broken(format!("{e:#}"))));
         }
-        match tokio::time::timeout(ANSWER_DEADLINE, ws.next_event()).await {
-            Err(_) => bail!("{}: no echo of {text:?} within {ANSWER_DEADLINE:?}", self.user),
-            Ok(WsEvent::Text(echo)) if echo == text => Ok(None),
-            Ok(WsEvent::Text(other)) => {
-                bail!("{}: expected the echo of {text:?}, got {other:?}", self.user)
-            }
-            Ok(WsEvent::Closed(code)) => Ok(Some(code)),
-            Ok(WsEvent::Broken(_)) => Ok(Some(None)),
+        let event = tokio::time::timeout(ANSWER_DEADLINE, ws.next_event())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: no echo of {text:?} within {ANSWER_DEADLINE:?}",
+                    self.user
+                )
+            })?;
+        match End::of(event) {
+            Ok(end) => Ok(Some(end)),
+            Err(echo) if echo == text => Ok(None),
+            Err(other) => bail!(
+                "{}: expected the echo of {text:?}, got {other:?}",
+                self.user
+            ),
         }
     }
 
@@ -338,24 +414,32 @@ impl WsClient {
     }
 
     /// Reloads the history; counts acknowledged messages missing from it as lost (once
-    /// each: they are dropped from the list) and settles the unacknowledged ones (kept,
-    /// or not). Returns the history's texts.
+    /// each: they are dropped from the list) and settles the unanswered ones: kept, or
+    /// to be sent again; at the `last` check, never kept. Returns the history's texts.
     async fn check_history(
         &self,
         tally: &mut WsTally,
-        acknowledged: &mut Vec<String>,
-        unacknowledged: &mut Vec<String>,
+        messages: &mut Messages,
+        last: bool,
     ) -> anyhow::Result<Vec<String>> {
         let history = self.history().await?;
         let held: std::collections::HashSet<&str> = history.iter().map(String::as_str).collect();
-        let before = acknowledged.len();
-        acknowledged.retain(|t| held.contains(t.as_str()));
-        tally.lost += before - acknowledged.len();
-        for text in unacknowledged.drain(..) {
+        let before = messages.acknowledged.len();
+        messages.acknowledged.retain(|t| held.contains(t.as_str()));
+        tally.lost += before - messages.acknowledged.len();
+        for text in messages.unanswered.drain(..) {
             tally.unacknowledged += 1;
             if held.contains(text.as_str()) {
                 tally.unacknowledged_kept += 1;
+            } else if last {
+                tally.never_kept += 1;
+            } else {
+                tally.resent += 1;
+                messages.to_resend.push_back(text);
             }
+        }
+        if last {
+            tally.never_kept += messages.to_resend.len();
         }
         tally.history_checks += 1;
         Ok(history)
@@ -380,5 +464,21 @@ impl WsClient {
             .iter()
             .filter_map(|m| Some(m["text"].as_str()?.to_owned()))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_is_warren_chats_full_jitter() {
+        let chat = Backoff::CHAT;
+        for failures in 0..40 {
+            let bound = (chat.min * 2u32.pow(failures.min(16))).min(chat.max);
+            assert!(chat.pause(failures) <= bound, "{failures}");
+        }
+        let first: std::collections::HashSet<_> = (0..50).map(|_| chat.pause(0)).collect();
+        assert!(first.len() > 1, "no jitter");
     }
 }
