@@ -110,7 +110,7 @@ impl HttpCount {
 pub const PHASES: [&str; 3] = ["before", "during", "after"];
 
 /// Counts `attempts` by phase: before `windows` began, within one of them, or after.
-fn by_phase(attempts: &[&Attempt], windows: &[(Instant, Instant)]) -> [HttpCount; 3] {
+fn by_phase(attempts: &[Attempt], windows: &[(Instant, Instant)]) -> [HttpCount; 3] {
     let mut counts: [HttpCount; 3] = Default::default();
     let mut latencies: [Vec<Duration>; 3] = Default::default();
     let first = windows.first().map(|w| w.0);
@@ -436,7 +436,7 @@ mod tests {
             attempt(40, Outcome::Status(502)),
         ];
         let windows = [(at(5), at(20)), (at(30), at(50))];
-        let [before, during, after] = by_phase(&attempts.iter().collect::<Vec<_>>(), &windows);
+        let [before, during, after] = by_phase(&attempts, &windows);
         assert_eq!(
             (before.requests, during.requests, after.requests),
             (1, 2, 1)

@@ -75,8 +75,8 @@ pub async fn run(warren: &Path, dir: &Path, settings: &Settings) -> anyhow::Resu
     let stopped = gateway.stop().await?;
     Ok(UnderLoad {
         takeovers,
-        new_connection: by_phase(&seen.new_connection.iter().collect::<Vec<_>>(), &windows),
-        keep_alive: by_phase(&seen.keep_alive.iter().collect::<Vec<_>>(), &windows),
+        new_connection: by_phase(&seen.new_connection, &windows),
+        keep_alive: by_phase(&seen.keep_alive, &windows),
         ws: WsSummary::of(&seen.tallies),
         sandboxes,
         old_logs,
