@@ -3,12 +3,12 @@
 //!
 //! A running gateway listens on a control socket, `<data_dir>/gateway.sock` (only
 //! root, the data dir's owner, may connect). A successor (`warren serve --takeover`)
-//! connects and asks; the running gateway stops accepting, lets go of its sandboxes
-//! (see `Shutdown::Leave`), and sends its listening socket over the control socket
-//! (`SCM_RIGHTS`). Connections that arrive meanwhile wait in the socket's backlog,
-//! which both processes share: none is refused. The successor takes the sandboxes back
-//! and accepts; the old gateway finishes its requests, relays its open WebSockets until
-//! they close or the drain deadline passes, and exits.
+//! connects and asks; the running gateway stops accepting and sends its listening
+//! socket over the control socket (`SCM_RIGHTS`), then lets go of its sandboxes (see
+//! `Shutdown::Leave`) and of the data dir's lock. The successor waits for that lock,
+//! takes the sandboxes back and accepts; connections that arrive meanwhile wait in the
+//! socket's backlog: none is refused. The old gateway finishes its requests, relays its
+//! open WebSockets until they close or the drain deadline passes, and exits.
 
 use std::io::{IoSlice, IoSliceMut, Read as _, Write as _};
 use std::mem::MaybeUninit;
@@ -28,9 +28,8 @@ pub const CONTROL_SOCKET: &str = "gateway.sock";
 /// What a successor sends to ask for the listener.
 const REQUEST: &[u8] = b"take over\n";
 
-/// How long a successor waits for the running gateway to let go (it syncs every
-/// running sandbox once more first).
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a successor waits for the running gateway's answer.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The successor's side: asks the gateway behind `control` for its listening socket.
 pub fn take_over(control: &Path) -> std::io::Result<std::net::TcpListener> {

@@ -152,7 +152,7 @@ impl Gateway {
         std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))?;
         let control_meta = std::fs::metadata(&control_path)?;
         let (control_inode, owner) = (control_meta.ino(), control_meta.uid());
-        let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<Duration>();
         let app = edge::router(self.edge.clone());
         let header_timeout = ctx.config.client_header_timeout.0;
         let server = accept(listener, app, header_timeout, accepting_stopped);
@@ -179,7 +179,26 @@ impl Gateway {
             let _ = sweep.await;
         }
         ctx.draining.store(true, Ordering::Release);
-        let _ = stop_accepting.send(());
+        // Kept-alive connections linger (see `accept`) only for a successor: a
+        // restart closes the port anyway, and lingering would only delay it.
+        let linger = if successor.is_some() {
+            drain
+        } else {
+            Duration::ZERO
+        };
+        let _ = stop_accepting.send(linger);
+        // The socket goes to a successor at once: connections wait in its backlog
+        // until the successor has the sandboxes (it takes the lock after us).
+        let handed = successor.is_some_and(|successor| {
+            let handed = successor.into_std().and_then(|s| {
+                s.set_nonblocking(false)?;
+                handover::hand_over(&s, handover_copy.as_fd())
+            });
+            if let Err(e) = &handed {
+                tracing::error!(error = %e, "cannot hand the listening socket over");
+            }
+            handed.is_ok()
+        });
         match how {
             Shutdown::Leave => {
                 tracing::info!(
@@ -193,22 +212,13 @@ impl Gateway {
             }
         }
         let mut relays = ctx.relays.subscribe();
-        if let Some(successor) = successor {
-            let handed = successor.into_std().and_then(|s| {
-                s.set_nonblocking(false)?;
-                handover::hand_over(&s, handover_copy.as_fd())
-            });
-            match handed {
-                Ok(()) => {
-                    // The sandboxes are the successor's now.
-                    let _ = self.lock.unlock();
-                    tracing::info!(
-                        "handed the listening socket over; relaying open WebSockets until they close or the drain deadline"
-                    );
-                    let _ = tokio::time::timeout(drain, relays.wait_for(|n| *n == 0)).await;
-                }
-                Err(e) => tracing::error!(error = %e, "cannot hand the listening socket over"),
-            }
+        if handed {
+            // The sandboxes are the successor's now.
+            let _ = self.lock.unlock();
+            tracing::info!(
+                "handed over; relaying open WebSockets until they close or the drain deadline"
+            );
+            let _ = tokio::time::timeout(drain, relays.wait_for(|n| *n == 0)).await;
         }
         drop(handover_copy);
         // Unless a successor has bound its own there by now.
@@ -277,10 +287,12 @@ async fn accept(
     listener: TcpListener,
     app: axum::Router,
     header_timeout: Duration,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: tokio::sync::oneshot::Receiver<Duration>,
 ) {
     let service = hyper_util::service::TowerToHyperService::new(app);
-    let (draining, _) = tokio::sync::watch::channel(false);
+    // `Some(linger)` once draining: how long a kept-alive connection may stay open
+    // for its next request (answered with `Connection: close`).
+    let (draining, _) = tokio::sync::watch::channel(None::<Duration>);
     // Every connection holds a sender; when all are gone, every connection has ended.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -294,7 +306,10 @@ async fn accept(
                     continue;
                 }
             },
-            _ = &mut stop => break,
+            linger = &mut stop => {
+                draining.send_replace(Some(linger.unwrap_or_default()));
+                break;
+            }
         };
         // Small answers go out at once, not after Nagle's delay; and a client that
         // vanished without a FIN is found out within about 90 s, so its WebSocket stops
@@ -307,33 +322,49 @@ async fn accept(
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         // Whether the connection has begun a request: one accepted just before a drain
         // may not have sent it yet, and closing it then would lose that request.
-        let (begun, mut begun_rx) = tokio::sync::watch::channel(false);
+        let (begun, begun_rx) = tokio::sync::watch::channel(false);
         let inner = service.clone();
+        let closing = draining.subscribe();
         let counted = hyper::service::service_fn(move |request| {
             begun.send_replace(true);
-            hyper::service::Service::call(&inner, request)
+            let answer = hyper::service::Service::call(&inner, request);
+            let closing = closing.borrow().is_some();
+            async move {
+                let mut response = answer.await?;
+                // Draining: the client learns with this answer that the connection
+                // ends, instead of finding it closed under its next request.
+                if closing {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
             .serve_connection(hyper_util::rt::TokioIo::new(tcp), counted)
             .with_upgrades();
-        let (mut drain, open) = (draining.subscribe(), open.clone());
+        let (mut drain_rx, open) = (draining.subscribe(), open.clone());
         tokio::spawn(async move {
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
-                _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => {
-                    // A connection that has not begun a request gets the header timeout
-                    // to send one; then the request in flight finishes and it closes.
-                    if !*begun_rx.borrow() {
-                        tokio::select! {
-                            _ = connection.as_mut() => {
-                                drop(open);
-                                return;
-                            }
-                            _ = tokio::time::timeout(header_timeout, begun_rx.wait_for(|b| *b)) => {}
+                linger = async { drain_rx.wait_for(Option::is_some).await.map(|d| d.unwrap_or_default()) } => {
+                    // Not closed under a client that may be sending a request right
+                    // now: one that has not begun a request gets the header timeout to
+                    // send one (answered with `Connection: close`), a kept-alive one
+                    // `linger` to send its next; then it closes.
+                    let linger = linger.unwrap_or_default();
+                    let wait = if *begun_rx.borrow() { linger } else { header_timeout };
+                    tokio::select! {
+                        _ = connection.as_mut() => {
+                            drop(open);
+                            return;
                         }
+                        _ = tokio::time::sleep(wait) => {}
                     }
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
@@ -343,7 +374,9 @@ async fn accept(
         });
     }
     drop(listener);
-    draining.send_replace(true);
+    draining.send_modify(|d| {
+        d.get_or_insert_default();
+    });
     drop(open);
     let _ = all_closed.recv().await;
 }

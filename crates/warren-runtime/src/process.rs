@@ -218,6 +218,9 @@ fn first_child(pid: u32) -> Option<u32> {
         .ok()
 }
 
+/// Starts its arguments in a new session (util-linux).
+const SETSID: &str = "/usr/bin/setsid";
+
 /// How often an adopted sandbox (whose exit goes to its first parent, not to this
 /// gateway) is looked at.
 const ADOPTED_POLL: Duration = Duration::from_millis(250);
@@ -369,8 +372,12 @@ impl Runtime for ProcessRuntime {
             _ => None,
         };
         let _ = args;
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]);
+        // A session of its own (and so a process group of its own, whose id is its
+        // pid): were it in the gateway's session, the gateway's death while it is
+        // frozen (stopped) for a sync would orphan its group, and the kernel would
+        // send it SIGHUP. `setsid` becomes the rest of the command, keeping the pid.
+        let mut cmd = Command::new(SETSID);
+        cmd.args(&argv);
         if let Some(uid) = uid {
             cmd.uid(uid).gid(uid);
         }
@@ -386,7 +393,6 @@ impl Runtime for ProcessRuntime {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
         let pid = child.id().ok_or_else(|| {
@@ -918,6 +924,40 @@ pub(crate) mod tests {
             );
             std::thread::yield_now();
         }
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_has_a_session_and_group_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path());
+        let sandbox = rt
+            .start(&spec("user_a", "while :; do sleep 1; done"))
+            .await
+            .unwrap();
+        let _guard = KillOnDrop(sandbox.pid);
+        // Fields 5 and 6 of /proc/<pid>/stat: process group and session.
+        let ids = |pid: u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let fields: Vec<String> = stat
+                .rsplit_once(") ")
+                .unwrap()
+                .1
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            (
+                fields[2].parse::<u32>().unwrap(),
+                fields[3].parse::<u32>().unwrap(),
+            )
+        };
+        let (group, session) = ids(sandbox.pid);
+        assert_eq!((group, session), (sandbox.pid, sandbox.pid));
+        assert_ne!(
+            session,
+            ids(std::process::id()).1,
+            "in the gateway's session"
+        );
+        rt.stop(&sandbox, Duration::from_millis(100)).await.unwrap();
     }
 
     #[test]
