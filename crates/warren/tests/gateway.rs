@@ -496,16 +496,7 @@ async fn a_gateway_shutting_down_closes_websockets_with_1012_service_restart() {
     echo(&mut ws, "hello").await;
     // The close arrives while the gateway drains; it waits in the socket.
     tokio::task::block_in_place(|| gw.stop());
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a close within 10 s")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = harness::next_close(&mut ws, Duration::from_secs(10)).await;
     assert_eq!(close.map(|f| f.code), Some(CloseCode::Restart));
 }
 
@@ -522,16 +513,7 @@ async fn a_crashed_agent_is_noticed_recorded_and_restarted() {
     .unwrap();
 
     // The open WebSocket is closed with 1011, not left hanging.
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a close within 10 s")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = harness::next_close(&mut ws, Duration::from_secs(10)).await;
     assert_eq!(close.map(|f| f.code), Some(CloseCode::Error));
 
     gw.wait_for_state("user_a", "asleep", Duration::from_secs(10))
@@ -822,16 +804,7 @@ async fn an_upgrade_by_socket_handover_fails_no_request_loses_no_message_restart
     // ...while the new one answers the load.
     wait_for_more(20).await;
     // At its drain deadline the old one closes it with 1012 and exits.
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("a close within 20 s")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = harness::next_close(&mut ws, Duration::from_secs(20)).await;
     assert_eq!(close.map(|f| f.code), Some(CloseCode::Restart));
     assert!(
         tokio::task::block_in_place(|| old.wait())

@@ -370,6 +370,23 @@ impl Drop for Gateway {
 }
 
 /// Sends a text message and returns the next text message received.
+/// The close frame that comes next on `ws` (other messages skipped), within `within`.
+pub async fn next_close(
+    ws: &mut Ws,
+    within: Duration,
+) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame> {
+    loop {
+        match tokio::time::timeout(within, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no close within {within:?}"))
+        {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 pub async fn echo(ws: &mut Ws, text: &str) -> String {
     ws.send(Message::text(text)).await.unwrap();
     loop {
