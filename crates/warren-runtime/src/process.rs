@@ -950,6 +950,11 @@ pub(crate) mod tests {
                 fields[3].parse::<u32>().unwrap(),
             )
         };
+        // `setsid` runs a moment after the spawn returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ids(sandbox.pid).1 != sandbox.pid && std::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
         let (group, session) = ids(sandbox.pid);
         assert_eq!((group, session), (sandbox.pid, sandbox.pid));
         assert_ne!(
