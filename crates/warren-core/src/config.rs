@@ -582,9 +582,13 @@ impl Config {
         for (name, size) in &self.instance_types {
             // Below these an agent cannot even start; the kernel refuses a CPU quota
             // under a millisecond per 100 ms.
-            if !size.vcpu.is_finite() || size.vcpu < 0.01 || size.memory_mib < 16 || size.pids < 4 {
+            // Within what the cgroup arithmetic (bytes, microseconds) can hold.
+            let cpu_ok = size.vcpu.is_finite() && (0.01..=4096.0).contains(&size.vcpu);
+            let memory_ok = (16..=(1 << 30)).contains(&size.memory_mib);
+            let pids_ok = (4..=(1 << 22)).contains(&size.pids);
+            if !(cpu_ok && memory_ok && pids_ok) {
                 return invalid(format!(
-                    "instance_types.{name}: vcpu must be at least 0.01, memory_mib at least 16 and pids at least 4"
+                    "instance_types.{name}: vcpu must be 0.01 to 4096, memory_mib 16 to 2^30 and pids 4 to 2^22"
                 ));
             }
         }
@@ -844,6 +848,10 @@ mod tests {
         let err =
             invalid("[instance_types.zero]\nvcpu = 0.0\nmemory_mib = 64\ndisk_gb = 1\npids = 32");
         assert!(err.contains("instance_types.zero"), "{err}");
+        let err = invalid(
+            "[instance_types.huge]\nvcpu = 1.0\nmemory_mib = 18446744073709551615\ndisk_gb = 1\npids = 32",
+        );
+        assert!(err.contains("instance_types.huge"), "{err}");
         let err = Config::parse("[instance_types.x]\nvcpu = 1.0\nmemory_mib = 64").unwrap_err();
         assert!(err.contains("disk_gb"), "a size names all four: {err}");
     }

@@ -113,6 +113,12 @@ impl Context {
         self.generations.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Keeps every later generation above `taken` (a sandbox taken over from an
+    /// earlier gateway, whose clock may have run ahead of this one's).
+    pub fn generation_taken(&self, taken: u64) {
+        self.generations.fetch_max(taken + 1, Ordering::Relaxed);
+    }
+
     /// Milliseconds since `epoch`, for activity clocks.
     pub fn mono_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64

@@ -95,6 +95,8 @@ impl Gateway {
             if let Some(survivor) = &survivor {
                 match ctx.runtime.adopt(survivor).await {
                     Ok(Some(sandbox)) => {
+                        // Proxy names are per generation: no new sandbox may reuse its.
+                        ctx.generation_taken(sandbox.generation);
                         tracing::info!(%tenant, pid = survivor.pid, "took over a running sandbox");
                         let last_active = record.identity.as_ref().and_then(|i| i.last_active_ms);
                         adopting.push(self.edge.tenants.adopt(sandbox, last_active));

@@ -351,7 +351,9 @@ impl Runtime for DockerRuntime {
             source,
         };
         std::fs::create_dir_all(&workspace).map_err(io)?;
-        crate::process::chown_tree(&workspace, self.options.uid).map_err(io)?;
+        crate::process::hand_over_workspace(&workspace, self.options.uid)
+            .await
+            .map_err(io)?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.options.agent_port));
         // Unique on the host: two gateways (an upgrade, tests) may both start the same
         // tenant's generation number.

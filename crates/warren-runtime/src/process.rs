@@ -120,8 +120,17 @@ fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32, ro_paths: &[PathBuf])
     args
 }
 
+/// Hands the workspace to the sandbox's user, off the async workers: a large
+/// workspace is a long walk.
+pub(crate) async fn hand_over_workspace(workspace: &Path, uid: u32) -> std::io::Result<()> {
+    let workspace = workspace.to_owned();
+    tokio::task::spawn_blocking(move || chown_tree(&workspace, uid))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// Hands the workspace to the sandbox's user (files a restore wrote are root's).
-pub(crate) fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
+fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(root)?;
     if meta.uid() != uid || meta.gid() != uid {
@@ -312,7 +321,9 @@ impl Runtime for ProcessRuntime {
                 agent_port,
                 ro_paths,
             } => {
-                chown_tree(&workspace, *uid).map_err(io(&workspace))?;
+                hand_over_workspace(&workspace, *uid)
+                    .await
+                    .map_err(io(&workspace))?;
                 let mut visible = ro_paths.clone();
                 visible.extend(Some(PathBuf::from(program)).filter(|p| p.is_absolute()));
                 let mut argv = vec![bwrap.to_string_lossy().into_owned()];
