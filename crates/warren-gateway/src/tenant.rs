@@ -672,6 +672,8 @@ impl Actor {
         if let Err(e) = self.ctx.sync.sync(tenant, Some(&freeze)).await {
             tracing::warn!(%tenant, error = %e, "last sync before leaving failed; the next gateway syncs it");
         }
+        // Its end, if it comes while this gateway drains, is the next one's to handle.
+        self.ctx.runtime.release(&freeze.sandbox);
         // Still ready, now with its activity clock (no detail: the tenant's detail
         // speaks of its last stop).
         self.transition(SandboxState::Ready, None, Some(identity), None)

@@ -414,7 +414,7 @@ impl Runtime for DockerRuntime {
         let (tx, exited) = watch::channel(None);
         let docker = self.docker.clone();
         let container = id.clone();
-        tokio::spawn(async move {
+        let watcher = tokio::spawn(async move {
             let exit = watch_container(docker, container, log, limited).await;
             tx.send_replace(Some(exit));
         });
@@ -433,6 +433,7 @@ impl Runtime for DockerRuntime {
             container: Some(id),
             workspace,
             exited,
+            watcher: Some(watcher.abort_handle()),
         })
     }
 
@@ -468,7 +469,7 @@ impl Runtime for DockerRuntime {
         let (tx, exited) = watch::channel(None);
         let docker = self.docker.clone();
         let (container, log) = (id.clone(), self.layout.agent_log(&survivor.tenant));
-        tokio::spawn(async move {
+        let watcher = tokio::spawn(async move {
             let exit = watch_container(docker, container, log, limited).await;
             tx.send_replace(Some(exit));
         });
@@ -487,6 +488,7 @@ impl Runtime for DockerRuntime {
             container: Some(id.clone()),
             workspace: self.layout.workspace(&survivor.tenant),
             exited,
+            watcher: Some(watcher.abort_handle()),
         }))
     }
 

@@ -96,6 +96,8 @@ pub struct Sandbox {
     pub workspace: PathBuf,
     /// Becomes `Some` once, when the sandbox has ended.
     pub exited: watch::Receiver<Option<Exit>>,
+    /// The runtime's task that watches for the end and cleans up after it.
+    pub watcher: Option<tokio::task::AbortHandle>,
 }
 
 impl Sandbox {
@@ -157,6 +159,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// one recorded (same process and start time, same container), as if this gateway
     /// had started it. `None`: it is gone.
     async fn adopt(&self, survivor: &Survivor) -> Result<Option<Sandbox>, RuntimeError>;
+
+    /// Lets go of a sandbox that goes on running under another gateway: this one no
+    /// longer watches it, nor cleans up after it when it ends.
+    fn release(&self, sandbox: &Sandbox) {
+        if let Some(watcher) = &sandbox.watcher {
+            watcher.abort();
+        }
+    }
 
     /// Stops the sandbox: SIGTERM, then SIGKILL after `grace`. Returns how it ended.
     async fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<Exit, RuntimeError>;

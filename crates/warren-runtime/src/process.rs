@@ -465,7 +465,7 @@ impl Runtime for ProcessRuntime {
 
         let (tx, exited) = watch::channel(None);
         let tenant = spec.tenant.clone();
-        tokio::spawn(async move {
+        let watcher = tokio::spawn(async move {
             let mut exit = match child.wait().await {
                 Ok(status) => exit_of(status),
                 Err(e) => {
@@ -508,6 +508,7 @@ impl Runtime for ProcessRuntime {
             container: None,
             workspace,
             exited,
+            watcher: Some(watcher.abort_handle()),
         })
     }
 
@@ -551,7 +552,7 @@ impl Runtime for ProcessRuntime {
             (None, None) => Members::Group(pid),
         };
         let (tx, exited) = watch::channel(None);
-        tokio::spawn(async move {
+        let watcher = tokio::spawn(async move {
             // Not its parent: this gateway cannot wait for it, only see it gone.
             while still_running(pid, ticks) {
                 tokio::time::sleep(ADOPTED_POLL).await;
@@ -581,6 +582,7 @@ impl Runtime for ProcessRuntime {
             container: None,
             workspace: self.layout.workspace(&survivor.tenant),
             exited,
+            watcher: Some(watcher.abort_handle()),
         }))
     }
 

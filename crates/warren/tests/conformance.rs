@@ -127,6 +127,7 @@ conformance!(
     a_running_sandbox_syncs_and_answers_after_the_capture,
     a_gateway_killed_or_stopped_leaves_its_sandboxes_to_the_next_one,
     a_sandbox_that_ended_while_no_gateway_ran_is_recorded_and_synced,
+    a_sandbox_that_ends_during_a_takeover_is_the_successors_to_record,
 );
 
 async fn ask(gw: &Gateway, user: &str, path: &str) -> serde_json::Value {
@@ -496,4 +497,32 @@ async fn a_sandbox_that_ended_while_no_gateway_ran_is_recorded_and_synced(kind: 
     );
     // And the next request starts it again, with the change.
     assert_eq!(outcome(&gw, "user_a", "/read?path=last.txt").await, "ok");
+}
+
+async fn a_sandbox_that_ends_during_a_takeover_is_the_successors_to_record(kind: Kind) {
+    let mut gw = probe_gateway(kind, "drain_timeout = \"5s\"");
+    // An open WebSocket would hold the old gateway for its drain; a request is enough
+    // to start the sandbox.
+    assert_eq!(ask(&gw, "user_a", "/whoami").await["tenant"], "user_a");
+    let old = gw.take_over();
+    // It crashes while the old gateway still drains: the successor records it, with
+    // what its runtime can know (a container's exit code; a process's went to the
+    // gateway that started it).
+    let reply = gw.get_as("user_a", "/exit?code=3").await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(20))
+        .await;
+    let status = gw.status("user_a").await;
+    assert_eq!(status["last_stop"]["cause"], "crash", "{status}");
+    let expected = match kind {
+        Kind::Docker => "exit code 3",
+        Kind::Process => "ended (its exit status went to an earlier gateway)",
+    };
+    assert_eq!(status["last_stop"]["detail"], expected, "{status}");
+    let mut old = old;
+    assert!(
+        tokio::task::block_in_place(|| old.wait())
+            .unwrap()
+            .success()
+    );
 }
