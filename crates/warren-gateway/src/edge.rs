@@ -13,7 +13,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::{HeaderValue, Request, StatusCode, header};
 use warren_core::TenantId;
 use warren_core::auth::{self, Source};
@@ -48,6 +48,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/status", get(status))
+        .route("/api/prewarm", post(prewarm))
         .merge(crate::admin::router())
         .route("/admin/{*rest}", axum::routing::any(admin_not_found))
         .fallback(proxied)
@@ -142,6 +143,33 @@ async fn status(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Respon
         Ok(status) => axum::Json(status).into_response(),
         Err(e) => e.into_response(),
     };
+    with_cookie(response, &caller)
+}
+
+/// Starts the caller's sandbox without waiting for it (a frontend calls this at login)
+/// and answers `202` with the status at once; a ready sandbox is left as it is.
+async fn prewarm(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Response {
+    let caller = match authenticate(&edge.ctx, &request) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if edge.ctx.draining.load(Ordering::Acquire) {
+        let e = ApiError::new(
+            warren_core::ErrorCode::ShuttingDown,
+            "the gateway is restarting",
+        );
+        return e.retry_after(1).into_response();
+    }
+    let handle = edge.tenants.handle(&caller.tenant);
+    let starting = handle.clone();
+    tokio::spawn(async move {
+        // The lease ends at once: the idle clock runs from the moment it is ready.
+        if let Err(e) = starting.acquire().await {
+            tracing::info!(tenant = %starting.tenant(), error = %e, "prewarm did not start the sandbox");
+        }
+    });
+    let mut response = axum::Json(handle.status()).into_response();
+    *response.status_mut() = StatusCode::ACCEPTED;
     with_cookie(response, &caller)
 }
 

@@ -923,3 +923,70 @@ async fn a_second_gateway_on_the_same_data_dir_is_refused() {
     // The first one is untouched.
     assert_eq!(gw.get("/healthz").await.status, 200);
 }
+
+#[tokio::test]
+async fn prewarm_starts_the_sandbox_without_waiting_and_only_once() {
+    let gw = Gateway::start("");
+    // Credentials as on every route.
+    let reply = gw
+        .request(
+            Request::post(gw.url("/api/prewarm"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+
+    let prewarm = || {
+        Request::post(gw.url(&format!("/api/prewarm?{}", gw.query("user_a"))))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let reply = gw.request(prewarm()).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    // Nothing else asks for it: the prewarm alone brings it up.
+    gw.wait_for_state("user_a", "ready", Duration::from_secs(20))
+        .await;
+    let reply = gw.request(prewarm()).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(reply.json()["state"], "ready");
+    let events = gw
+        .state_store()
+        .events(Some(&TenantId::parse("user_a").unwrap()), 10)
+        .await
+        .unwrap();
+    let starts = events
+        .iter()
+        .filter(|e| e.state == SandboxState::Starting)
+        .count();
+    assert_eq!(starts, 1, "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warren_token_prewarm_prints_the_url_and_starts_the_sandbox() {
+    let gw = Gateway::start("");
+    let config = gw.dir.path().join("warren.toml");
+    let data = gw.data_dir();
+    let base = format!("http://{}", gw.addr);
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        harness::run_warren(
+            &[
+                "token",
+                "user_c",
+                "--prewarm",
+                "--url",
+                &base,
+                "--config",
+                config.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            gw.dir.path(),
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("{base}/?userId=user_c")), "{out}");
+    assert!(err.contains("user_c's sandbox is"), "{err}");
+    gw.wait_for_state("user_c", "ready", Duration::from_secs(20))
+        .await;
+}

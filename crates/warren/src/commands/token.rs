@@ -19,6 +19,10 @@ pub struct Args {
     /// The base URL to print (default: `public_url`, else `http://<listen>`).
     #[arg(long, value_name = "URL")]
     url: Option<String>,
+    /// Also start the user's sandbox now (`POST /api/prewarm` with the new URL's
+    /// credentials), without waiting for it to be ready.
+    #[arg(long)]
+    prewarm: bool,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -33,10 +37,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or(config.auth.token_ttl.0);
     let exp = (SystemTime::now().duration_since(UNIX_EPOCH)? + ttl).as_secs();
     let base = args.url.unwrap_or_else(|| config.public_url());
-    println!(
-        "{}/?{}",
-        base.trim_end_matches('/'),
-        signer.query(&tenant, exp)
-    );
+    let base = base.trim_end_matches('/');
+    let query = signer.query(&tenant, exp);
+    println!("{base}/?{query}");
+    if args.prewarm {
+        let state = crate::admin_api::block_on(prewarm(base, &query))??;
+        eprintln!("warren token: {tenant}'s sandbox is {state}");
+    }
     Ok(())
+}
+
+/// Asks the gateway at `base` to start the sandbox; its state as the gateway answered.
+async fn prewarm(base: &str, query: &str) -> anyhow::Result<String> {
+    use http_body_util::BodyExt as _;
+    let request = http::Request::post(format!("{base}/api/prewarm?{query}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| anyhow::anyhow!("no gateway answers at {base}: {e}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status != http::StatusCode::ACCEPTED {
+        anyhow::bail!(
+            "the gateway refused the prewarm: {status}: {}",
+            value["error"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    Ok(value["state"].as_str().unwrap_or("starting").to_owned())
 }
