@@ -52,6 +52,24 @@ pub struct Status {
     pub network: NetworkAccess,
     /// How the workspace stands with the store.
     pub sync: SyncStatus,
+    /// While starting: the phase the start is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<StartProgress>,
+}
+
+/// Where a start is: `admission` (waiting for a slot), `restore` (the workspace from
+/// the store), `create` (the runtime makes the sandbox), `boot` (until the agent
+/// answers its readiness probe).
+#[derive(Debug, Clone, Serialize)]
+pub struct StartProgress {
+    pub name: &'static str,
+    /// When the phase began, ms since the Unix epoch.
+    pub since_ms: u64,
+    /// How long the whole start has taken so far, as of the answer.
+    pub elapsed_ms: u64,
+    /// When the start began, ms since the Unix epoch.
+    #[serde(skip)]
+    pub started_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,7 +218,22 @@ impl TenantHandle {
     pub fn status(&self) -> Status {
         let mut status = self.shared.status.borrow().clone();
         status.sync = self.shared.ctx.sync.status(&self.shared.tenant);
+        if let Some(phase) = status.phase.as_mut() {
+            phase.elapsed_ms = unix_ms().saturating_sub(phase.started_ms);
+        }
         status
+    }
+
+    /// Shows in the status that a start begun at `started_ms` has entered phase `name`.
+    fn enter_phase(&self, name: &'static str, started_ms: u64) {
+        self.shared.status.send_modify(|s| {
+            s.phase = Some(StartProgress {
+                name,
+                since_ms: unix_ms(),
+                elapsed_ms: 0,
+                started_ms,
+            })
+        });
     }
 
     /// Ready, with nothing in flight: a candidate for eviction.
@@ -364,6 +397,7 @@ impl Tenants {
                 instance_type: profile.instance_type.to_owned(),
                 network: profile.network,
                 sync,
+                phase: None,
             },
             Some(r) => Status {
                 tenant: tenant.to_string(),
@@ -378,6 +412,7 @@ impl Tenants {
                 instance_type: profile.instance_type.to_owned(),
                 network: profile.network,
                 sync,
+                phase: None,
             },
         })
     }
@@ -412,6 +447,7 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         instance_type: profile.instance_type.to_owned(),
         network: profile.network,
         sync: SyncStatus::default(),
+        phase: None,
     };
     let shared = Arc::new(Shared {
         tenant,
@@ -950,6 +986,9 @@ impl Actor {
         let at_ms = unix_ms();
         self.shared().status.send_modify(|s| {
             s.state = state;
+            // A phase is that of a start; any transition ends it (a new start sets
+            // its first).
+            s.phase = None;
             s.since_ms = at_ms;
             if let Some(cause) = cause {
                 s.last_stop = Some(LastStop {
@@ -1056,6 +1095,8 @@ async fn start_sandbox(
     generation: u64,
 ) -> Result<Started, ApiError> {
     let t0 = Instant::now();
+    let started_ms = unix_ms();
+    handle.enter_phase("admission", started_ms);
     let slot = ctx.admission.acquire(handle).await.map_err(|e| {
         let retry = ctx.admission.timeout().as_secs().max(1);
         let message = match e {
@@ -1069,6 +1110,7 @@ async fn start_sandbox(
         ApiError::new(ErrorCode::CapacityExhausted, message).retry_after(retry)
     })?;
     let t1 = Instant::now();
+    handle.enter_phase("restore", started_ms);
     ctx.sync.prepare(handle.tenant()).await.map_err(|e| {
         tracing::error!(tenant = %handle.tenant(), error = %e, "cannot prepare the workspace");
         ApiError::new(
@@ -1078,6 +1120,7 @@ async fn start_sandbox(
         .retry_after(5)
     })?;
     let t2 = Instant::now();
+    handle.enter_phase("create", started_ms);
     let profile = ctx.config.sandbox_profile(handle.tenant());
     let size = profile.size;
     let spec = SandboxSpec {
@@ -1102,6 +1145,7 @@ async fn start_sandbox(
         .await
         .map_err(|e| failed(e.to_string()))?;
     let t3 = Instant::now();
+    handle.enter_phase("boot", started_ms);
     // Recorded at once, so a gateway that dies during the readiness probe leaves a
     // record the next one finds the sandbox by.
     if let Err(e) = ctx

@@ -990,3 +990,41 @@ async fn warren_token_prewarm_prints_the_url_and_starts_the_sandbox() {
     gw.wait_for_state("user_c", "ready", Duration::from_secs(20))
         .await;
 }
+
+#[tokio::test]
+async fn status_shows_the_phase_of_a_start_and_how_long_it_has_taken() {
+    // An agent that takes a second and a half to listen: its start spends that in `boot`.
+    let gw = Gateway::start(&format!(
+        "[agent]\nkind = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 1.5; exec {} echo-agent\"]\n",
+        harness::warren_bin()
+    ));
+    let prewarm = Request::post(gw.url(&format!("/api/prewarm?{}", gw.query("user_a"))))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(gw.request(prewarm).await.status, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let booting = loop {
+        let status = gw.status("user_a").await;
+        if status["phase"]["name"] == "boot" {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never seen booting: {status}"
+        );
+        tokio::time::sleep(harness::POLL).await;
+    };
+    assert_eq!(booting["state"], "starting", "{booting}");
+    // Elapsed counts the whole start, from before the phase began.
+    let phase_since = booting["phase"]["since_ms"].as_u64().unwrap();
+    let since = booting["since_ms"].as_u64().unwrap();
+    assert!(phase_since >= since, "{booting}");
+    assert!(
+        booting["phase"]["elapsed_ms"].as_u64().is_some(),
+        "{booting}"
+    );
+    gw.wait_for_state("user_a", "ready", Duration::from_secs(20))
+        .await;
+    let ready = gw.status("user_a").await;
+    assert!(ready.get("phase").is_none(), "{ready}");
+}
