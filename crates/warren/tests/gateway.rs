@@ -994,9 +994,12 @@ async fn warren_token_prewarm_prints_the_url_and_starts_the_sandbox() {
 #[tokio::test]
 async fn status_shows_the_phase_of_a_start_and_how_long_it_has_taken() {
     // An agent that takes a second and a half to listen: its start spends that in `boot`.
+    // The warren binary is visible in the sandbox wherever the checkout is (under
+    // `/tmp`, say, which sandboxes see as their own).
+    let bin = harness::warren_bin();
     let gw = Gateway::start(&format!(
-        "[agent]\nkind = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 1.5; exec {} echo-agent\"]\n",
-        harness::warren_bin()
+        "[agent]\nkind = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 1.5; exec {bin} echo-agent\"]\n\
+         [runtime]\nro_paths = [\"{bin}\"]\n"
     ));
     let prewarm = Request::post(gw.url(&format!("/api/prewarm?{}", gw.query("user_a"))))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
