@@ -55,6 +55,25 @@ impl Hierarchy {
         .then_some(Hierarchy::V1 { memory, cpu, pids })
     }
 
+    /// Removes, in the background, the warren cgroups whose names start with
+    /// `prefix`: those of a sandbox that ended while no gateway watched it, which
+    /// nobody else removes.
+    pub fn remove_ended(&self, prefix: &str) {
+        let base = match self {
+            Hierarchy::V2 { root } => root,
+            Hierarchy::V1 { memory, .. } => memory,
+        };
+        let entries = std::fs::read_dir(base.join("warren")).into_iter().flatten();
+        for name in entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+        {
+            if name.starts_with(prefix) {
+                tokio::spawn(Cgroup::open(self, &name).remove_patiently());
+            }
+        }
+    }
+
     /// The warren cgroup (`warren/<name>`) process `pid` is in or below, if any.
     pub fn warren_cgroup_of(&self, pid: u32) -> Option<Cgroup> {
         let procs = self.procs_file_of(pid)?;
@@ -131,58 +150,38 @@ impl Cgroup {
     /// Creates the cgroup `warren/<name>` with `limits`. Fails if it exists already.
     pub fn create(hierarchy: &Hierarchy, name: &str, limits: &Limits) -> std::io::Result<Self> {
         let quota = (limits.cpu_millis * CPU_PERIOD_US / 1000).max(1000);
-        match hierarchy {
-            Hierarchy::V2 { root } => {
-                // Controllers must be enabled down the tree before a leaf can use them.
-                let parent = root.join("warren");
-                std::fs::create_dir_all(&parent)?;
-                write(root, "cgroup.subtree_control", "+memory +cpu +pids")?;
-                write(&parent, "cgroup.subtree_control", "+memory +cpu +pids")?;
-                let dir = parent.join(name);
-                // A leaf is never shared: if it exists, something else owns it.
-                std::fs::create_dir(&dir)?;
-                write(&dir, "memory.max", &limits.memory_bytes.to_string())?;
-                // Swap would hide an overrun instead of ending it.
-                let _ = write(&dir, "memory.swap.max", "0");
-                write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
-                write(&dir, "pids.max", &limits.pids.to_string())?;
-                Ok(Self {
-                    dirs: vec![dir.clone()],
-                    memory: dir,
-                    v2: true,
-                })
-            }
-            Hierarchy::V1 { memory, cpu, pids } => {
-                let (m, c, p) = (
-                    memory.join("warren").join(name),
-                    cpu.join("warren").join(name),
-                    pids.join("warren").join(name),
-                );
-                for dir in [&m, &c, &p] {
-                    // A leaf is never shared: if it exists, something else owns it.
-                    std::fs::create_dir_all(dir.parent().unwrap_or(dir))?;
-                    std::fs::create_dir(dir)?;
-                }
-                write(
-                    &m,
-                    "memory.limit_in_bytes",
-                    &limits.memory_bytes.to_string(),
-                )?;
-                let _ = write(
-                    &m,
-                    "memory.memsw.limit_in_bytes",
-                    &limits.memory_bytes.to_string(),
-                );
-                write(&c, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-                write(&c, "cpu.cfs_quota_us", &quota.to_string())?;
-                write(&p, "pids.max", &limits.pids.to_string())?;
-                Ok(Self {
-                    dirs: vec![m.clone(), c, p],
-                    memory: m,
-                    v2: false,
-                })
-            }
+        let cgroup = Self::open(hierarchy, name);
+        if let Hierarchy::V2 { root } = hierarchy {
+            // Controllers must be enabled down the tree before a leaf can use them.
+            let parent = root.join("warren");
+            std::fs::create_dir_all(&parent)?;
+            write(root, "cgroup.subtree_control", "+memory +cpu +pids")?;
+            write(&parent, "cgroup.subtree_control", "+memory +cpu +pids")?;
         }
+        for dir in &cgroup.dirs {
+            // A leaf is never shared: if it exists, something else owns it.
+            std::fs::create_dir_all(dir.parent().unwrap_or(dir))?;
+            std::fs::create_dir(dir)?;
+        }
+        let memory = limits.memory_bytes.to_string();
+        if cgroup.v2 {
+            let dir = &cgroup.memory;
+            write(dir, "memory.max", &memory)?;
+            // Swap would hide an overrun instead of ending it.
+            let _ = write(dir, "memory.swap.max", "0");
+            write(dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+            write(dir, "pids.max", &limits.pids.to_string())?;
+        } else {
+            let [m, c, p] = &cgroup.dirs[..] else {
+                unreachable!("a v1 cgroup has a memory, a cpu and a pids directory")
+            };
+            write(m, "memory.limit_in_bytes", &memory)?;
+            let _ = write(m, "memory.memsw.limit_in_bytes", &memory);
+            write(c, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+            write(c, "cpu.cfs_quota_us", &quota.to_string())?;
+            write(p, "pids.max", &limits.pids.to_string())?;
+        }
+        Ok(cgroup)
     }
 
     /// The `cgroup.procs` files a process writes its pid to, to join.
@@ -240,6 +239,19 @@ impl Cgroup {
                 let _ = std::fs::remove_dir(&dir);
             }
         }
+    }
+
+    /// Removes the cgroup and what an engine made under the controllers warren does
+    /// not use, waiting up to about 30 s for it to empty: a container engine's monitor
+    /// (conmon) lingers a while after its container, longer on a busy host.
+    pub async fn remove_patiently(self) {
+        for _ in 0..15 {
+            if self.remove_when_empty().await {
+                self.remove_engine_dirs();
+                return;
+            }
+        }
+        tracing::warn!(cgroup = %self.relative_path(), "cannot remove a sandbox's cgroup");
     }
 
     /// Removes the cgroup once its last processes are gone (they go a moment after

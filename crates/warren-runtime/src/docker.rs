@@ -194,6 +194,62 @@ impl DockerRuntime {
         }
     }
 
+    /// The container of `survivor`, taken over, if it still runs as recorded.
+    async fn adopt_running(&self, survivor: &Survivor) -> Result<Option<Sandbox>, RuntimeError> {
+        let Some(id) = &survivor.container else {
+            return Ok(None);
+        };
+        let info = match self.docker.inspect_container(id, None).await {
+            Ok(info) => info,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(engine("cannot inspect a surviving container")(e)),
+        };
+        let state = info.state.unwrap_or_default();
+        let pid = survivor.pid;
+        if state.running != Some(true)
+            || state.pid != Some(i64::from(pid))
+            || !still_running(pid, survivor.pid_start_ticks)
+        {
+            return Ok(None);
+        }
+        let netns = File::open(format!("/proc/{pid}/ns/net")).map_err(RuntimeError::Spawn)?;
+        // Its cgroup of warren's own, if it was made in one: the OOM watch is new.
+        let limited = match self.cgroups.as_ref().and_then(|h| h.warren_cgroup_of(pid)) {
+            Some(cgroup) => match cgroup.watch_oom() {
+                Ok(oom) => Some(Limited { cgroup, oom }),
+                Err(e) => return Err(RuntimeError::Cgroup(e)),
+            },
+            None => None,
+        };
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.options.agent_port));
+        let (tx, exited) = watch::channel(None);
+        let docker = self.docker.clone();
+        let (container, log) = (id.clone(), self.layout.agent_log(&survivor.tenant));
+        let watcher = tokio::spawn(async move {
+            let exit = watch_container(docker, container, log, limited).await;
+            tx.send_replace(Some(exit));
+        });
+        Ok(Some(Sandbox {
+            tenant: survivor.tenant.clone(),
+            generation: survivor.generation,
+            address,
+            endpoint: Endpoint {
+                addr: address,
+                netns: Some(Arc::new(netns)),
+            },
+            pid,
+            pid_start_ticks: survivor.pid_start_ticks,
+            inner_pid: Some(pid),
+            cgroup_procs: self.cgroups.as_ref().and_then(|h| h.procs_file_of(pid)),
+            container: Some(id.clone()),
+            workspace: self.layout.workspace(&survivor.tenant),
+            exited,
+            watcher: Some(watcher.abort_handle()),
+        }))
+    }
+
     /// The host pid of the container's first process, once it runs.
     async fn init_pid(&self, id: &str) -> Result<u32, RuntimeError> {
         let state = self
@@ -262,11 +318,7 @@ impl Limited {
 
     /// Removes the cgroup once the engine has let go of the container's.
     async fn remove(self) {
-        if self.cgroup.remove_when_empty().await {
-            self.cgroup.remove_engine_dirs();
-        } else {
-            tracing::warn!(cgroup = %self.cgroup.relative_path(), "cannot remove a sandbox's cgroup");
-        }
+        self.cgroup.remove_patiently().await;
     }
 }
 
@@ -313,6 +365,8 @@ async fn watch_container(
         tracing::warn!(container = %id, error = %e, "cannot remove an ended container");
     }
     if let Some(limited) = limited {
+        // Before the end is reported: a gateway that stops everything and exits must
+        // not leave the cgroup behind.
         limited.remove().await;
     }
     exit
@@ -438,58 +492,17 @@ impl Runtime for DockerRuntime {
     }
 
     async fn adopt(&self, survivor: &Survivor) -> Result<Option<Sandbox>, RuntimeError> {
-        let Some(id) = &survivor.container else {
-            return Ok(None);
-        };
-        let info = match self.docker.inspect_container(id, None).await {
-            Ok(info) => info,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Ok(None),
-            Err(e) => return Err(engine("cannot inspect a surviving container")(e)),
-        };
-        let state = info.state.unwrap_or_default();
-        let pid = survivor.pid;
-        if state.running != Some(true)
-            || state.pid != Some(i64::from(pid))
-            || !still_running(pid, survivor.pid_start_ticks)
+        let adopted = self.adopt_running(survivor).await?;
+        if adopted.is_none()
+            && let Some(h) = &self.cgroups
         {
-            return Ok(None);
+            // What an ended one left: its cgroup (the container went at `connect`).
+            h.remove_ended(&format!(
+                "warren-{}-g{}-",
+                survivor.tenant, survivor.generation
+            ));
         }
-        let netns = File::open(format!("/proc/{pid}/ns/net")).map_err(RuntimeError::Spawn)?;
-        // Its cgroup of warren's own, if it was made in one: the OOM watch is new.
-        let limited = match self.cgroups.as_ref().and_then(|h| h.warren_cgroup_of(pid)) {
-            Some(cgroup) => match cgroup.watch_oom() {
-                Ok(oom) => Some(Limited { cgroup, oom }),
-                Err(e) => return Err(RuntimeError::Cgroup(e)),
-            },
-            None => None,
-        };
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.options.agent_port));
-        let (tx, exited) = watch::channel(None);
-        let docker = self.docker.clone();
-        let (container, log) = (id.clone(), self.layout.agent_log(&survivor.tenant));
-        let watcher = tokio::spawn(async move {
-            let exit = watch_container(docker, container, log, limited).await;
-            tx.send_replace(Some(exit));
-        });
-        Ok(Some(Sandbox {
-            tenant: survivor.tenant.clone(),
-            generation: survivor.generation,
-            address,
-            endpoint: Endpoint {
-                addr: address,
-                netns: Some(Arc::new(netns)),
-            },
-            pid,
-            pid_start_ticks: survivor.pid_start_ticks,
-            inner_pid: Some(pid),
-            cgroup_procs: self.cgroups.as_ref().and_then(|h| h.procs_file_of(pid)),
-            container: Some(id.clone()),
-            workspace: self.layout.workspace(&survivor.tenant),
-            exited,
-            watcher: Some(watcher.abort_handle()),
-        }))
+        Ok(adopted)
     }
 
     async fn stop(&self, sandbox: &Sandbox, grace: Duration) -> Result<Exit, RuntimeError> {

@@ -453,11 +453,7 @@ impl Runtime for ProcessRuntime {
         let cgroup_procs = cgroup
             .as_ref()
             .and_then(|c| c.procs_files().into_iter().next());
-        let members = match (&cgroup_procs, inner_pid.and_then(pid_namespace)) {
-            (Some(procs), _) => Members::Cgroup(procs.clone()),
-            (None, Some(ns)) => Members::Namespace(ns),
-            (None, None) => Members::Group(pid),
-        };
+        let members = Members::from_parts(cgroup_procs.as_ref(), inner_pid, pid);
         // Held open until the sandbox is gone, so its PID namespace's number cannot be
         // given to another sandbox while this one's end may still signal it.
         let pinned_pid_namespace =
@@ -515,6 +511,10 @@ impl Runtime for ProcessRuntime {
     async fn adopt(&self, survivor: &Survivor) -> Result<Option<Sandbox>, RuntimeError> {
         let (pid, ticks) = (survivor.pid, survivor.pid_start_ticks);
         if !still_running(pid, ticks) {
+            // What it left: its cgroup (`<tenant>-<generation>-<gateway pid>`).
+            if let Some(h) = &self.cgroups {
+                h.remove_ended(&format!("{}-{}-", survivor.tenant, survivor.generation));
+            }
             return Ok(None);
         }
         let gone = |what: &str| {
@@ -546,11 +546,7 @@ impl Runtime for ProcessRuntime {
         let cgroup_procs = cgroup
             .as_ref()
             .and_then(|c| c.procs_files().into_iter().next());
-        let members = match (&cgroup_procs, inner_pid.and_then(pid_namespace)) {
-            (Some(procs), _) => Members::Cgroup(procs.clone()),
-            (None, Some(ns)) => Members::Namespace(ns),
-            (None, None) => Members::Group(pid),
-        };
+        let members = Members::from_parts(cgroup_procs.as_ref(), inner_pid, pid);
         let (tx, exited) = watch::channel(None);
         let watcher = tokio::spawn(async move {
             // Not its parent: this gateway cannot wait for it, only see it gone.
@@ -657,12 +653,21 @@ fn pid_namespace(pid: u32) -> Option<u64> {
 
 impl Members {
     fn of(sandbox: &Sandbox) -> Self {
-        if let Some(procs) = &sandbox.cgroup_procs {
+        Self::from_parts(
+            sandbox.cgroup_procs.as_ref(),
+            sandbox.inner_pid,
+            sandbox.pid,
+        )
+    }
+
+    /// Its cgroup if it has one, else its PID namespace, else its process group.
+    fn from_parts(cgroup_procs: Option<&PathBuf>, inner_pid: Option<u32>, pid: u32) -> Self {
+        if let Some(procs) = cgroup_procs {
             return Members::Cgroup(procs.clone());
         }
-        match sandbox.inner_pid.and_then(pid_namespace) {
+        match inner_pid.and_then(pid_namespace) {
             Some(ns) => Members::Namespace(ns),
-            None => Members::Group(sandbox.pid),
+            None => Members::Group(pid),
         }
     }
 
