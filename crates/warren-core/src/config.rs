@@ -48,6 +48,9 @@ pub struct Config {
     pub network: NetworkAccess,
     /// Idle time after which a sandbox is stopped; `never` keeps it warm.
     pub sleep_after: SleepAfter,
+    /// How long a browser asking for a page waits for its sandbox to start before it
+    /// gets the waiting page instead; `0s` shows the page at once.
+    pub waiting_page_after: ConfigDuration,
     /// How long a client may take to send its request headers before its connection
     /// is closed.
     pub client_header_timeout: ConfigDuration,
@@ -83,6 +86,7 @@ impl Default for Config {
             instance_types: BTreeMap::new(),
             network: NetworkAccess::None,
             sleep_after: SleepAfter::Idle(Duration::from_secs(600)),
+            waiting_page_after: ConfigDuration(Duration::from_millis(250)),
             client_header_timeout: ConfigDuration(Duration::from_secs(30)),
             drain_timeout: ConfigDuration(Duration::from_secs(10)),
             auth: AuthConfig::default(),
@@ -119,6 +123,15 @@ pub enum NetworkAccess {
 pub struct TierConfig {
     pub instance_type: Option<String>,
     pub network: Option<NetworkAccess>,
+    /// Idle time before the tier's sandboxes sleep; `never` keeps them warm.
+    pub sleep_after: Option<SleepAfter>,
+    /// Admission priority: at capacity a start of a higher tier gets the next free slot
+    /// first, idle sandboxes of the lowest tier are evicted first, and a kept-warm
+    /// sandbox is never evicted for a start of a lower tier. Tenants without a tier
+    /// have priority 0.
+    pub priority: u32,
+    /// Cron rules (five fields, UTC) at which the tier's tenants' sandboxes start.
+    pub prewarm: Vec<String>,
 }
 
 /// `[tenants.<id>]`: one tenant's settings. Unset keys fall back to its tier, then to
@@ -126,20 +139,36 @@ pub struct TierConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantConfig {
-    /// A key of `[tiers]`.
+    /// A key of `[tiers]`. A tier assigned through the admin API wins over this one.
     pub tier: Option<String>,
     pub instance_type: Option<String>,
     pub network: Option<NetworkAccess>,
+    pub sleep_after: Option<SleepAfter>,
+    /// Cron rules (five fields, UTC) at which this tenant's sandbox starts, besides its
+    /// tier's.
+    pub prewarm: Vec<String>,
 }
 
 /// What one tenant's sandbox gets, resolved from its own settings, its tier's and the
 /// top level's.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SandboxProfile<'a> {
+    /// The tenant's tier, if it has one.
+    pub tier: Option<&'a str>,
     /// The instance type's name.
     pub instance_type: &'a str,
     pub size: InstanceSize,
     pub network: NetworkAccess,
+    pub sleep_after: SleepAfter,
+    /// The tier's admission priority (0 without a tier).
+    pub priority: u32,
+}
+
+impl SandboxProfile<'_> {
+    /// Never put to sleep for idleness.
+    pub fn keep_warm(&self) -> bool {
+        self.sleep_after == SleepAfter::Never
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -693,14 +722,28 @@ impl Config {
         Ok(())
     }
 
-    /// The instance type and network of `tenant`'s sandbox: each from the tenant's own
-    /// settings, else from its tier's, else (the network) from its instance type's,
-    /// else from the top level.
+    /// What `tenant`'s sandbox gets, with the tier its config table names.
     pub fn sandbox_profile(&self, tenant: &TenantId) -> SandboxProfile<'_> {
+        self.sandbox_profile_in(tenant, None)
+    }
+
+    /// What `tenant`'s sandbox gets: each setting from the tenant's own table, else
+    /// from its tier's, else (the network) from its instance type's, else from the top
+    /// level. Its tier is `assigned` (through the admin API) if that names a tier of
+    /// this config, else the one its table names.
+    pub fn sandbox_profile_in(
+        &self,
+        tenant: &TenantId,
+        assigned: Option<&str>,
+    ) -> SandboxProfile<'_> {
         let own = self.tenants.get(tenant);
-        let tier = own
-            .and_then(|t| t.tier.as_ref())
-            .and_then(|name| self.tiers.get(name));
+        let tier = assigned
+            .and_then(|name| self.tiers.get_key_value(name))
+            .or_else(|| {
+                own.and_then(|t| t.tier.as_ref())
+                    .and_then(|name| self.tiers.get_key_value(name))
+            });
+        let (tier_name, tier) = (tier.map(|(n, _)| n.as_str()), tier.map(|(_, t)| t));
         let instance_type = own
             .and_then(|t| t.instance_type.as_deref())
             .or(tier.and_then(|t| t.instance_type.as_deref()))
@@ -711,6 +754,7 @@ impl Config {
             .instance_size(instance_type)
             .unwrap_or(INSTANCE_TYPES[0].1);
         SandboxProfile {
+            tier: tier_name,
             instance_type,
             size,
             network: own
@@ -718,6 +762,11 @@ impl Config {
                 .or(tier.and_then(|t| t.network))
                 .or(size.network)
                 .unwrap_or(self.network),
+            sleep_after: own
+                .and_then(|t| t.sleep_after)
+                .or(tier.and_then(|t| t.sleep_after))
+                .unwrap_or(self.sleep_after),
+            priority: tier.map_or(0, |t| t.priority),
         }
     }
 
@@ -881,6 +930,34 @@ mod tests {
     }
 
     #[test]
+    fn sleep_after_and_priority_come_from_the_tier_an_assignment_wins() {
+        let c = Config::parse(
+            "sleep_after = \"10m\"\n\
+             [tiers.warm]\nsleep_after = \"never\"\npriority = 10\n\
+             [tiers.slow]\nsleep_after = \"1h\"\n\
+             [tenants.alice]\ntier = \"warm\"\n\
+             [tenants.bob]\ntier = \"warm\"\nsleep_after = \"5m\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let alice = c.sandbox_profile(&tenant("alice"));
+        assert_eq!((alice.tier, alice.priority), (Some("warm"), 10));
+        assert!(alice.keep_warm());
+        let bob = c.sandbox_profile(&tenant("bob"));
+        assert_eq!(bob.sleep_after, SleepAfter::Idle(Duration::from_secs(300)));
+        assert!(!bob.keep_warm());
+        let erin = c.sandbox_profile(&tenant("erin"));
+        assert_eq!((erin.tier, erin.priority), (None, 0));
+        assert_eq!(erin.sleep_after, SleepAfter::Idle(Duration::from_secs(600)));
+        // An assignment wins over the table; one naming no tier is ignored.
+        let moved = c.sandbox_profile_in(&tenant("alice"), Some("slow"));
+        assert_eq!(moved.tier, Some("slow"));
+        assert_eq!(moved.sleep_after, SleepAfter::Idle(Duration::from_secs(3600)));
+        let unknown = c.sandbox_profile_in(&tenant("alice"), Some("gone"));
+        assert_eq!(unknown.tier, Some("warm"));
+    }
+
+    #[test]
     fn unknown_instance_types_tiers_and_bad_tenant_ids_are_refused() {
         for text in [
             "[tiers.pro]\ninstance_type = \"huge\"",
@@ -896,8 +973,10 @@ mod tests {
         );
         let err = Config::parse("[tenants.\".hidden\"]").unwrap_err();
         assert!(err.contains("tenant id"), "{err}");
-        let err = Config::parse("[tiers.pro]\nsleep_after = \"1m\"").unwrap_err();
+        let err = Config::parse("[tiers.pro]\nsleep_after = \"0s\"").unwrap_err();
         assert!(err.contains("sleep_after"), "{err}");
+        let err = Config::parse("[tiers.pro]\npriority = -1").unwrap_err();
+        assert!(err.contains("priority"), "{err}");
         let err = Config::parse("[tenants.alice]\ntire = \"pro\"").unwrap_err();
         assert!(err.contains("tire"), "{err}");
 

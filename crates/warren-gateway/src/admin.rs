@@ -8,6 +8,9 @@
 //! - `POST /admin/api/sweep`: a sweep now, streamed as one JSON line per tenant, then
 //!   the report.
 //! - `GET  /admin/api/workers`: the background workers and their state.
+//! - `GET  /admin/api/tenants/{tenant}`: the tenant's status (as `/api/status`).
+//! - `PUT  /admin/api/tenants/{tenant}/tier` with `{"tier": "<name>"}` (or `null`, back to
+//!   the config's): puts the tenant in a tier of the config; answers its status.
 
 use std::sync::Arc;
 
@@ -33,6 +36,8 @@ pub fn router() -> Router<Arc<Edge>> {
         .route("/admin/api/tenants/{tenant}/restore", post(restore))
         .route("/admin/api/sweep", post(sweep))
         .route("/admin/api/workers", get(workers))
+        .route("/admin/api/tenants/{tenant}", get(tenant_status))
+        .route("/admin/api/tenants/{tenant}/tier", axum::routing::put(set_tier))
 }
 
 fn authorize(edge: &Edge, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -192,4 +197,44 @@ async fn sweep(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Resp
 async fn workers(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&edge, &headers)?;
     Ok(axum::Json(serde_json::json!({ "workers": [edge.sweep.status()] })).into_response())
+}
+
+async fn tenant_status(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let t = tenant(&raw)?;
+    Ok(axum::Json(edge.tenants.status(&t).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierBody {
+    tier: Option<String>,
+}
+
+async fn set_tier(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let t = tenant(&raw)?;
+    let body: TierBody = serde_json::from_slice(&body).map_err(|e| {
+        let m = format!("the body must be {{\"tier\": \"<name>\"}} or {{\"tier\": null}}: {e}");
+        ApiError::new(ErrorCode::BadRequest, m)
+    })?;
+    let tiers = &edge.ctx.config.tiers;
+    if let Some(name) = &body.tier
+        && !tiers.contains_key(name)
+    {
+        let known: Vec<&str> = tiers.keys().map(String::as_str).collect();
+        let m = format!("unknown tier {name:?}; this gateway's tiers: {}", known.join(", "));
+        return Err(ApiError::new(ErrorCode::BadRequest, m));
+    }
+    edge.tenants.assign_tier(&t, body.tier).await?;
+    Ok(axum::Json(edge.tenants.status(&t).await?).into_response())
 }

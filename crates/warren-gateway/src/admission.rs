@@ -1,12 +1,16 @@
 //! Admission: at most `max_instances` sandboxes hold a slot at once.
 //!
-//! A start takes a slot if one is free. At the cap it evicts the least recently used
-//! idle sandbox (ready, nothing in flight, no open WebSocket) and tries again; if none
-//! is idle it waits, in a queue of at most `queue_limit` starts, until a slot frees or
-//! a sandbox turns idle, for at most `queue_timeout`. A slot is released only after its
-//! sandbox has stopped, so the number of live sandboxes never exceeds the cap.
+//! A start takes a slot if one is free. At the cap it evicts an idle sandbox (ready,
+//! nothing in flight, no open WebSocket): the lowest tier's first, the least recently
+//! used among equals, never a kept-warm one (`sleep_after = "never"`) of a higher tier
+//! than the start's. If none may go, it waits, in a queue of at most `queue_limit`
+//! starts, until a slot frees or a sandbox turns idle, for at most `queue_timeout`.
+//! While a start of a higher tier waits, starts of lower tiers neither take a slot nor
+//! evict: the higher one goes first. A slot is released only after its sandbox has
+//! stopped, so the number of live sandboxes never exceeds the cap.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +29,18 @@ pub struct Admission {
 
 struct Inner {
     running: HashMap<TenantId, TenantHandle>,
-    waiting: usize,
+    /// Waiting starts: how many of each priority.
+    waiting: BTreeMap<u32, usize>,
+}
+
+impl Inner {
+    /// Whether a start of a priority above `priority` waits.
+    fn outranked(&self, priority: u32) -> bool {
+        self.waiting
+            .range((Bound::Excluded(priority), Bound::Unbounded))
+            .next()
+            .is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +72,7 @@ impl Admission {
             timeout,
             inner: Mutex::new(Inner {
                 running: HashMap::new(),
-                waiting: 0,
+                waiting: BTreeMap::new(),
             }),
             changed: Notify::new(),
         }
@@ -80,7 +95,7 @@ impl Admission {
 
     /// How many starts are waiting for a slot.
     pub fn waiting(&self) -> usize {
-        self.lock().waiting
+        self.lock().waiting.values().sum()
     }
 
     /// How long a start may wait, for `Retry-After`.
@@ -91,6 +106,7 @@ impl Admission {
     /// Takes a slot for `handle`'s tenant, evicting or waiting as the module says.
     pub async fn acquire(self: &Arc<Self>, handle: &TenantHandle) -> Result<Slot, AdmissionError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let priority = handle.priority();
         let mut queued = false;
         let result = loop {
             let notified = self.changed.notified();
@@ -99,7 +115,8 @@ impl Admission {
 
             let victim = {
                 let mut inner = self.lock();
-                if inner.running.len() < self.max {
+                let outranked = inner.outranked(priority);
+                if inner.running.len() < self.max && !outranked {
                     let previous = inner
                         .running
                         .insert(handle.tenant().clone(), handle.clone());
@@ -109,11 +126,10 @@ impl Admission {
                         tenant: handle.tenant().clone(),
                     });
                 }
-                inner
-                    .running
-                    .values()
-                    .filter(|h| h.is_idle())
-                    .min_by_key(|h| h.last_active_ms())
+                let candidates = inner.running.values().filter(|h| !outranked && h.is_idle());
+                candidates
+                    .filter(|h| h.evictable_for(priority))
+                    .min_by_key(|h| (h.priority(), h.last_active_ms()))
                     .cloned()
             };
             if let Some(victim) = victim {
@@ -123,10 +139,10 @@ impl Admission {
             }
             if !queued {
                 let mut inner = self.lock();
-                if inner.waiting >= self.queue_limit {
+                if inner.waiting.values().sum::<usize>() >= self.queue_limit {
                     break Err(AdmissionError::QueueFull);
                 }
-                inner.waiting += 1;
+                *inner.waiting.entry(priority).or_default() += 1;
                 queued = true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -134,7 +150,16 @@ impl Admission {
             }
         };
         if queued {
-            self.lock().waiting -= 1;
+            let mut inner = self.lock();
+            if let Some(n) = inner.waiting.get_mut(&priority) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.waiting.remove(&priority);
+                }
+            }
+            drop(inner);
+            // Starts it outranked may go now.
+            self.changed();
         }
         result
     }

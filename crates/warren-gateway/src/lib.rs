@@ -4,15 +4,16 @@
 //! tenant) starts the sandbox through `admission` and the runtime, and `proxy` carries
 //! bytes to the agent. Every sandbox transition is written to the state store.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
-use warren_core::Secret;
 use warren_core::auth::Signer;
-use warren_core::config::Config;
+use warren_core::config::{Config, SandboxProfile};
+use warren_core::{Secret, TenantId};
 use warren_runtime::{Runtime, Sandbox};
 use warren_state::StateStore;
 use warren_store::{Freeze, SyncEngine};
@@ -65,6 +66,9 @@ pub struct Context {
     /// WebSocket relays running: the gateway waits for them to say goodbye.
     pub relays: tokio::sync::watch::Sender<usize>,
     generations: AtomicU64,
+    /// Tiers operators put tenants in (admin API), over the config's; kept in the
+    /// state store and loaded by `Gateway::recover`.
+    tiers: RwLock<HashMap<TenantId, String>>,
 }
 
 impl Context {
@@ -105,7 +109,41 @@ impl Context {
             relays: tokio::sync::watch::Sender::new(0),
             // Generations only need to grow across restarts; start from the wall clock.
             generations: AtomicU64::new(unix_ms()),
+            tiers: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// What `tenant`'s sandbox gets now: its config, in the tier an operator put it in.
+    pub fn profile(&self, tenant: &TenantId) -> SandboxProfile<'_> {
+        let tiers = self.tiers.read().unwrap_or_else(|e| e.into_inner());
+        self.config
+            .sandbox_profile_in(tenant, tiers.get(tenant).map(String::as_str))
+    }
+
+    /// Puts `tenant` in `tier` (or, with `None`, back in its config's) for `profile`.
+    /// The caller keeps the state store in step.
+    pub fn assign_tier(&self, tenant: &TenantId, tier: Option<String>) {
+        let mut tiers = self.tiers.write().unwrap_or_else(|e| e.into_inner());
+        match tier {
+            Some(tier) => tiers.insert(tenant.clone(), tier),
+            None => tiers.remove(tenant),
+        };
+    }
+
+    /// Every tenant in `tier`: those an operator put there and those whose config
+    /// table names it (unless an operator moved them elsewhere).
+    pub fn tenants_in_tier(&self, tier: &str) -> Vec<TenantId> {
+        let assigned = self.tiers.read().unwrap_or_else(|e| e.into_inner());
+        let mut tenants: Vec<TenantId> = assigned
+            .iter()
+            .filter(|(_, t)| t.as_str() == tier)
+            .map(|(id, _)| id.clone())
+            .collect();
+        tenants.extend(self.config.tenants.iter().filter_map(|(id, settings)| {
+            (settings.tier.as_deref() == Some(tier) && !assigned.contains_key(id))
+                .then(|| id.clone())
+        }));
+        tenants
     }
 
     /// A number no earlier sandbox of this deployment had.

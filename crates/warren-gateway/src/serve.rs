@@ -72,12 +72,15 @@ impl Gateway {
         }
     }
 
-    /// Settles sandboxes a previous run of the gateway recorded as live: one that still
-    /// runs and is the one recorded (same process and start time, same container) is
-    /// taken over as it is; one that ended meanwhile is recorded as a crash and its
-    /// workspace synced from disk.
+    /// Loads the tiers operators assigned, and settles sandboxes a previous run of the
+    /// gateway recorded as live: one that still runs and is the one recorded (same
+    /// process and start time, same container) is taken over as it is; one that ended
+    /// meanwhile is recorded as a crash and its workspace synced from disk.
     pub async fn recover(&self) -> anyhow::Result<()> {
         let ctx = &self.edge.ctx;
+        for (tenant, tier) in ctx.state.tiers().await? {
+            ctx.assign_tier(&tenant, Some(tier));
+        }
         let mut adopting = Vec::new();
         for record in ctx.state.live_sandboxes().await? {
             let tenant = record.tenant.clone();

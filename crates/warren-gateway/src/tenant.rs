@@ -46,6 +46,8 @@ pub struct Status {
     pub since_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_stop: Option<LastStop>,
+    /// The tenant's tier, if it has one.
+    pub tier: Option<String>,
     /// The size the tenant's sandbox gets.
     pub instance_type: String,
     /// What its network reaches: `none` (loopback only) or `outbound`.
@@ -55,6 +57,34 @@ pub struct Status {
     /// While starting: the phase the start is in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<StartProgress>,
+}
+
+impl Status {
+    /// A tenant's status with nothing known of its sandbox yet.
+    fn asleep(ctx: &Context, tenant: &TenantId, since_ms: u64) -> Self {
+        let mut status = Status {
+            tenant: tenant.to_string(),
+            state: SandboxState::Asleep,
+            since_ms,
+            last_stop: None,
+            tier: None,
+            instance_type: String::new(),
+            network: NetworkAccess::None,
+            sync: ctx.sync.status(tenant),
+            phase: None,
+        };
+        status.profile(ctx, tenant);
+        status
+    }
+
+    /// Fills in what the tenant's sandbox gets as of now (an operator may have moved
+    /// the tenant to another tier since it started).
+    fn profile(&mut self, ctx: &Context, tenant: &TenantId) {
+        let profile = ctx.profile(tenant);
+        self.tier = profile.tier.map(str::to_owned);
+        profile.instance_type.clone_into(&mut self.instance_type);
+        self.network = profile.network;
+    }
 }
 
 /// Where a start is: `admission` (waiting for a slot), `restore` (the workspace from
@@ -138,6 +168,8 @@ enum Command {
     Exited(u64, Exit),
     Stopped(u64, String),
     Released,
+    /// The tenant's settings changed (its tier): look at idleness again.
+    Reconsider,
 }
 
 /// The part of a tenant every request can read without asking the actor.
@@ -218,6 +250,7 @@ impl TenantHandle {
     pub fn status(&self) -> Status {
         let mut status = self.shared.status.borrow().clone();
         status.sync = self.shared.ctx.sync.status(&self.shared.tenant);
+        status.profile(&self.shared.ctx, &self.shared.tenant);
         if let Some(phase) = status.phase.as_mut() {
             phase.elapsed_ms = unix_ms().saturating_sub(phase.started_ms);
         }
@@ -246,6 +279,18 @@ impl TenantHandle {
         self.shared.last_active_ms.load(Ordering::Relaxed)
     }
 
+    /// The admission priority of the tenant's tier.
+    pub fn priority(&self) -> u32 {
+        self.shared.ctx.profile(&self.shared.tenant).priority
+    }
+
+    /// Whether admission may evict this sandbox (when idle) for a start of `priority`:
+    /// a kept-warm sandbox only goes for a start of its own tier's priority or higher.
+    pub fn evictable_for(&self, priority: u32) -> bool {
+        let profile = self.shared.ctx.profile(&self.shared.tenant);
+        !profile.keep_warm() || profile.priority <= priority
+    }
+
     /// The freeze of the running sandbox, if one runs.
     pub fn freeze(&self) -> Option<Arc<dyn Freeze>> {
         let (sandbox, _) = self
@@ -269,6 +314,11 @@ impl TenantHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Acquire(reply)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Tells the actor the tenant's settings changed.
+    pub fn reconsider(&self) {
+        let _ = self.tx.send(Command::Reconsider);
     }
 
     /// Leases the sandbox if it is ready now; never starts one.
@@ -386,35 +436,35 @@ impl Tenants {
             .sandbox(tenant)
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-        let sync = self.ctx.sync.status(tenant);
-        let profile = self.ctx.config.sandbox_profile(tenant);
-        Ok(match record {
-            None => Status {
-                tenant: tenant.to_string(),
-                state: SandboxState::Asleep,
-                since_ms: 0,
-                last_stop: None,
-                instance_type: profile.instance_type.to_owned(),
-                network: profile.network,
-                sync,
-                phase: None,
-            },
-            Some(r) => Status {
-                tenant: tenant.to_string(),
-                // Without an actor no sandbox of this gateway runs.
-                state: SandboxState::Asleep,
-                since_ms: r.since_ms,
-                last_stop: r.last_stop.map(|(cause, at_ms)| LastStop {
-                    cause,
-                    at_ms,
-                    detail: r.detail.clone(),
-                }),
-                instance_type: profile.instance_type.to_owned(),
-                network: profile.network,
-                sync,
-                phase: None,
-            },
-        })
+        let mut status = Status::asleep(&self.ctx, tenant, 0);
+        // Without an actor no sandbox of this gateway runs: asleep, since its last
+        // transition.
+        if let Some(r) = record {
+            status.since_ms = r.since_ms;
+            status.last_stop = r.last_stop.map(|(cause, at_ms)| LastStop {
+                cause,
+                at_ms,
+                detail: r.detail.clone(),
+            });
+        }
+        Ok(status)
+    }
+
+    /// Puts `tenant` in `tier` (`None`: back in its config's), durably, and lets a
+    /// running sandbox's actor apply the tier's `sleep_after` at once. Its size and
+    /// network change at its next start.
+    pub async fn assign_tier(&self, tenant: &TenantId, tier: Option<String>) -> Result<(), ApiError> {
+        self.ctx
+            .state
+            .set_tier(tenant, tier.as_deref())
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        tracing::info!(%tenant, tier = tier.as_deref().unwrap_or("(config)"), "tier assigned");
+        self.ctx.assign_tier(tenant, tier);
+        if let Some(handle) = self.actors().get(tenant) {
+            handle.reconsider();
+        }
+        Ok(())
     }
 
     /// Stops every sandbox and waits for all of them (and their final syncs).
@@ -438,17 +488,7 @@ impl Tenants {
 
 fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let profile = ctx.config.sandbox_profile(&tenant);
-    let status = Status {
-        tenant: tenant.to_string(),
-        state: SandboxState::Asleep,
-        since_ms: unix_ms(),
-        last_stop: None,
-        instance_type: profile.instance_type.to_owned(),
-        network: profile.network,
-        sync: SyncStatus::default(),
-        phase: None,
-    };
+    let status = Status::asleep(&ctx, &tenant, unix_ms());
     let shared = Arc::new(Shared {
         tenant,
         ctx: ctx.clone(),
@@ -593,6 +633,7 @@ impl Actor {
                     }
                     Phase::Starting(_) | Phase::Stopping(_) => self.stop_waiters.push(reply),
                 },
+                Command::Reconsider => self.recheck_at = None,
                 Command::Exited(generation, exit) => self.exited(generation, exit).await,
                 Command::Stopped(generation, detail) => self.stopped(generation, detail).await,
             }
@@ -610,7 +651,7 @@ impl Actor {
 
     /// When to look at idleness next; `None` while not ready or kept warm.
     fn idle_deadline(&self) -> Option<Instant> {
-        let SleepAfter::Idle(after) = self.ctx.config.sleep_after else {
+        let SleepAfter::Idle(after) = self.ctx.profile(self.handle.tenant()).sleep_after else {
             return None;
         };
         if !matches!(self.phase, Phase::Ready { .. }) {
@@ -622,7 +663,7 @@ impl Actor {
     }
 
     async fn check_idle(&mut self) {
-        let SleepAfter::Idle(after) = self.ctx.config.sleep_after else {
+        let SleepAfter::Idle(after) = self.ctx.profile(self.handle.tenant()).sleep_after else {
             return;
         };
         let idle_for = self
@@ -1121,7 +1162,7 @@ async fn start_sandbox(
     })?;
     let t2 = Instant::now();
     handle.enter_phase("create", started_ms);
-    let profile = ctx.config.sandbox_profile(handle.tenant());
+    let profile = ctx.profile(handle.tenant());
     let size = profile.size;
     let spec = SandboxSpec {
         tenant: handle.tenant().clone(),

@@ -127,4 +127,16 @@ pub async fn run(store: &dyn StateStore) {
         "the limit holds"
     );
     assert_eq!(store.events(Some(&b), 10).await.unwrap().len(), 1);
+
+    // Tiers an operator assigned: set, moved, taken back, kept apart per tenant.
+    assert!(store.tiers().await.unwrap().is_empty());
+    store.set_tier(&a, Some("pro")).await.unwrap();
+    store.set_tier(&b, Some("free")).await.unwrap();
+    store.set_tier(&a, Some("team")).await.unwrap();
+    assert_eq!(
+        store.tiers().await.unwrap(),
+        vec![(a.clone(), "team".to_owned()), (b.clone(), "free".to_owned())]
+    );
+    store.set_tier(&b, None).await.unwrap();
+    assert_eq!(store.tiers().await.unwrap(), vec![(a.clone(), "team".to_owned())]);
 }

@@ -103,4 +103,11 @@ pub trait StateStore: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         limit: usize,
     ) -> Result<Vec<Event>, StateError>;
+
+    /// Puts `tenant` in `tier` (an operator's choice, over the config's), or with
+    /// `None` takes that choice back.
+    async fn set_tier(&self, tenant: &TenantId, tier: Option<&str>) -> Result<(), StateError>;
+
+    /// Every tenant an operator put in a tier, with the tier, by tenant id.
+    async fn tiers(&self) -> Result<Vec<(TenantId, String)>, StateError>;
 }

@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS events (
     detail    TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_tenant ON events (tenant_id, id);
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id TEXT PRIMARY KEY,
+    tier      TEXT
+);
 ";
 
 #[derive(Clone)]
@@ -318,6 +322,37 @@ impl StateStore for SqliteStore {
                     cause: cause_of(cause)?,
                     detail,
                 })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn set_tier(&self, tenant: &TenantId, tier: Option<&str>) -> Result<(), StateError> {
+        let (tenant, tier) = (tenant.as_str().to_owned(), tier.map(str::to_owned));
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO tenants (tenant_id, tier) VALUES (?1, ?2)
+                 ON CONFLICT (tenant_id) DO UPDATE SET tier = excluded.tier",
+                params![tenant, tier],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tiers(&self) -> Result<Vec<(TenantId, String)>, StateError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT tenant_id, tier FROM tenants WHERE tier IS NOT NULL ORDER BY tenant_id")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(backend)?;
+            rows.map(|r| {
+                let (tenant, tier) = r.map_err(backend)?;
+                Ok((tenant_of(tenant)?, tier))
             })
             .collect()
         })

@@ -7,7 +7,7 @@ use std::net::ToSocketAddrs;
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http::{Method, Request, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use warren_core::config::Config;
@@ -69,12 +69,31 @@ pub async fn call(
     path: &str,
     on_line: &mut dyn FnMut(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    call_with(config, base, method, path, None, on_line).await
+}
+
+/// `call`, sending `json` as the request's body.
+pub async fn call_with(
+    config: &Config,
+    base: &str,
+    method: Method,
+    path: &str,
+    json: Option<serde_json::Value>,
+    on_line: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let token = admin_token(config)?;
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(format!("{base}{path}"))
-        .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
-        .body(Empty::<Bytes>::new())?;
+        .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()));
+    let body = match json {
+        Some(json) => {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+            Bytes::from(json.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let request = request.body(Full::new(body))?;
     let client = Client::builder(TokioExecutor::new()).build_http();
     let response = client
         .request(request)

@@ -35,6 +35,8 @@ enum Command {
     Snapshots(commands::snapshots::Args),
     /// Restore a tenant's workspace to a past snapshot.
     Restore(commands::restore::Args),
+    /// Show a tenant's tier, or put it in another.
+    Tier(commands::tier::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Sweep(args) => commands::sweep::run(args),
         Command::Snapshots(args) => commands::snapshots::run(args),
         Command::Restore(args) => commands::restore::run(args),
+        Command::Tier(args) => commands::tier::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

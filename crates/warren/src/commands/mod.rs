@@ -5,4 +5,5 @@ pub mod serve;
 pub mod snapshots;
 pub mod sweep;
 pub mod sync;
+pub mod tier;
 pub mod token;
