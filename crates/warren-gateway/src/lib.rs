@@ -139,10 +139,10 @@ impl Context {
             .filter(|(_, t)| t.as_str() == tier)
             .map(|(id, _)| id.clone())
             .collect();
-        tenants.extend(self.config.tenants.iter().filter_map(|(id, settings)| {
-            (settings.tier.as_deref() == Some(tier) && !assigned.contains_key(id))
-                .then(|| id.clone())
-        }));
+        let by_config = self.config.tenants.iter().filter(|(id, settings)| {
+            settings.tier.as_deref() == Some(tier) && !assigned.contains_key(*id)
+        });
+        tenants.extend(by_config.map(|(id, _)| id.clone()));
         tenants
     }
 

@@ -2,6 +2,8 @@
 //! sockets on 127.0.0.1.
 
 mod harness;
+#[path = "gateway/tiers.rs"]
+mod tiers;
 
 use std::time::{Duration, Instant};
 

@@ -125,6 +125,17 @@ pub fn warren_bin() -> &'static str {
     env!("CARGO_BIN_EXE_warren")
 }
 
+/// Config for an agent that is `/bin/sh -c <script>`, which may run the echo agent as
+/// `warren_bin() echo-agent`: the warren binary is made visible in the sandbox wherever
+/// the checkout is (under `/tmp`, say, which sandboxes see as their own).
+pub fn shell_agent(script: &str) -> String {
+    format!(
+        "[agent]\nkind = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"{script}\"]\n\
+         [runtime]\nro_paths = [\"{}\"]\n",
+        warren_bin()
+    )
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -196,6 +207,8 @@ impl Gateway {
         assert_eq!(addr, self.addr);
         self.child = child;
         self.left_sandboxes = false;
+        // Kept-alive connections went with the old process.
+        self.client = Client::builder(TokioExecutor::new()).build_http();
     }
 
     pub fn data_dir(&self) -> PathBuf {
