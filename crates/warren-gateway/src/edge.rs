@@ -2,9 +2,15 @@
 //!
 //! Reserved paths belong to the gateway: `/healthz` and `/readyz` describe the gateway
 //! itself (no credentials), `/api/status` reports the caller's own sandbox without
-//! starting it, and `/admin/...` is the admin API (its own bearer token). Everything else, `/ws`, `/api/history` and any other path, is
-//! authenticated and proxied to the caller's sandbox, started on demand.
+//! starting it, `/api/prewarm` starts it without waiting, and `/admin/...` is the admin
+//! API (its own bearer token). Everything else, `/ws`, `/api/history` and any other
+//! path, is authenticated and proxied to the caller's sandbox, started on demand.
 //! `/ws/api/history` is the original frontend's name for `/api/history`.
+//!
+//! A request for a sandbox that is not ready waits for its start (API clients and
+//! WebSockets, until the start's own timeouts), except a browser loading a page: past
+//! `waiting_page_after` it gets the waiting page ([`waiting`]) while the start goes on
+//! without it. A start is never called off because a request stopped waiting for it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,19 +21,23 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderValue, Request, StatusCode, header};
-use warren_core::TenantId;
+use tokio::sync::oneshot;
 use warren_core::auth::{self, Source};
+use warren_core::{ErrorCode, TenantId};
 
 use crate::error::ApiError;
 use crate::proxy::{self, Strip};
 use crate::schedule::SweepWorker;
-use crate::tenant::Tenants;
+use crate::tenant::{Ready, TenantHandle, Tenants};
 use crate::{Context, websocket};
+
+mod waiting;
 
 pub struct Edge {
     pub ctx: Arc<Context>,
     pub tenants: Tenants,
     pub sweep: Arc<SweepWorker>,
+    pub prewarm: Arc<crate::prewarm::PrewarmWorker>,
     requests: AtomicU64,
 }
 
@@ -37,6 +47,7 @@ impl Edge {
             tenants: Tenants::new(ctx.clone()),
             ctx,
             sweep: SweepWorker::new(),
+            prewarm: crate::prewarm::PrewarmWorker::new(&ctx.config),
             requests: AtomicU64::new(0),
         })
     }
@@ -57,7 +68,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
 
 /// `/admin/...` is the gateway's, never a sandbox's, even where no route matches.
 async fn admin_not_found() -> ApiError {
-    ApiError::new(warren_core::ErrorCode::NotFound, "no such admin route")
+    ApiError::new(ErrorCode::NotFound, "no such admin route")
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -154,23 +165,46 @@ async fn prewarm(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Respo
         Err(e) => return e.into_response(),
     };
     if edge.ctx.draining.load(Ordering::Acquire) {
-        let e = ApiError::new(
-            warren_core::ErrorCode::ShuttingDown,
-            "the gateway is restarting",
-        );
+        let e = ApiError::new(ErrorCode::ShuttingDown, "the gateway is restarting");
         return e.retry_after(1).into_response();
     }
     let handle = edge.tenants.handle(&caller.tenant);
-    let starting = handle.clone();
-    tokio::spawn(async move {
-        // The lease ends at once: the idle clock runs from the moment it is ready.
-        if let Err(e) = starting.acquire().await {
-            tracing::info!(tenant = %starting.tenant(), error = %e, "prewarm did not start the sandbox");
-        }
-    });
+    drop(start_detached(handle.clone()));
     let mut response = axum::Json(handle.status()).into_response();
     *response.status_mut() = StatusCode::ACCEPTED;
     with_cookie(response, &caller)
+}
+
+/// Starts the tenant's sandbox (unless it runs) in a task of its own, so that a caller
+/// who stops waiting does not call the start off. The outcome goes to the receiver; if
+/// nobody holds it any more, the lease ends at once (the idle clock runs from the
+/// moment the sandbox is ready) and a failure is logged.
+fn start_detached(handle: TenantHandle) -> oneshot::Receiver<Result<Ready, ApiError>> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(Err(e)) = tx.send(handle.acquire().await) {
+            tracing::info!(tenant = %handle.tenant(), error = %e, "a start nobody waited for failed");
+        }
+    });
+    rx
+}
+
+/// For a page load: the sandbox if it is ready within `waiting_page_after`; otherwise
+/// the waiting page, and the start goes on without this request. A start that fails
+/// within that time gets the page too, which shows why (from `/api/status`) and offers
+/// a retry; other errors (capacity, store) are answered as they are.
+async fn ready_or_waiting_page(edge: &Edge, handle: TenantHandle) -> Result<Ready, Response> {
+    if let Some(ready) = handle.ready_now() {
+        return Ok(ready);
+    }
+    let asked_at_ms = crate::unix_ms();
+    let grace = edge.ctx.config.waiting_page_after.0;
+    match tokio::time::timeout(grace, start_detached(handle)).await {
+        Ok(Ok(Ok(ready))) => Ok(ready),
+        Ok(Ok(Err(e))) if e.code != ErrorCode::SandboxStartFailed => Err(e.into_response()),
+        // Still starting, or failed as `/api/status` records it.
+        _ => Err(waiting::page(asked_at_ms)),
+    }
 }
 
 /// The path and query to send upstream: credential parameters removed, and the
@@ -222,14 +256,18 @@ async fn forward(
         // before still reaches a sandbox that runs (left to a successor or not yet
         // stopped), or gets 503 to try again.
         edge.tenants.ready_now(&caller.tenant).ok_or_else(|| {
-            ApiError::new(
-                warren_core::ErrorCode::ShuttingDown,
-                "the gateway is restarting",
-            )
-            .retry_after(1)
+            ApiError::new(ErrorCode::ShuttingDown, "the gateway is restarting").retry_after(1)
         })?
     } else {
-        edge.tenants.handle(&caller.tenant).acquire().await?
+        let handle = edge.tenants.handle(&caller.tenant);
+        if waiting::wants_page(&request) {
+            match ready_or_waiting_page(edge, handle).await {
+                Ok(ready) => ready,
+                Err(response) => return Ok(response),
+            }
+        } else {
+            handle.acquire().await?
+        }
     };
     let path = upstream_path(&request);
     let strip = Strip {

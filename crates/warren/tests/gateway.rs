@@ -2,6 +2,8 @@
 //! sockets on 127.0.0.1.
 
 mod harness;
+#[path = "gateway/waiting_page.rs"]
+mod waiting_page;
 #[path = "gateway/tiers.rs"]
 mod tiers;
 
