@@ -644,6 +644,22 @@ impl Config {
                 ));
             }
         }
+        let rules = self
+            .tiers
+            .iter()
+            .map(|(name, t)| (format!("tiers.{name}.prewarm"), &t.prewarm))
+            .chain(
+                self.tenants
+                    .iter()
+                    .map(|(id, t)| (format!("tenants.{id}.prewarm"), &t.prewarm)),
+            );
+        for (key, exprs) in rules {
+            for expr in exprs {
+                if let Err(e) = prewarm_rule(expr) {
+                    return invalid(format!("{key}: invalid cron rule {expr:?}: {e}"));
+                }
+            }
+        }
         for (tenant, settings) in &self.tenants {
             if let Some(tier) = &settings.tier
                 && !self.tiers.contains_key(tier)
@@ -802,6 +818,11 @@ impl Config {
     }
 }
 
+/// Parses a pre-warm rule: cron, five fields or six with seconds first, UTC.
+pub fn prewarm_rule(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::Cron::new(expr).with_seconds_optional().parse()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -952,7 +973,10 @@ mod tests {
         // An assignment wins over the table; one naming no tier is ignored.
         let moved = c.sandbox_profile_in(&tenant("alice"), Some("slow"));
         assert_eq!(moved.tier, Some("slow"));
-        assert_eq!(moved.sleep_after, SleepAfter::Idle(Duration::from_secs(3600)));
+        assert_eq!(
+            moved.sleep_after,
+            SleepAfter::Idle(Duration::from_secs(3600))
+        );
         let unknown = c.sandbox_profile_in(&tenant("alice"), Some("gone"));
         assert_eq!(unknown.tier, Some("warm"));
     }
@@ -977,6 +1001,17 @@ mod tests {
         assert!(err.contains("sleep_after"), "{err}");
         let err = Config::parse("[tiers.pro]\npriority = -1").unwrap_err();
         assert!(err.contains("priority"), "{err}");
+        let err = invalid("[tiers.pro]\nprewarm = [\"0 8 * * 1-5\", \"at eight\"]");
+        assert!(
+            err.contains("tiers.pro.prewarm") && err.contains("at eight"),
+            "{err}"
+        );
+        let err = invalid("[tenants.alice]\nprewarm = [\"61 * * * *\"]");
+        assert!(err.contains("tenants.alice.prewarm"), "{err}");
+        Config::parse("[tiers.pro]\nprewarm = [\"0 8 * * 1-5\", \"*/5 * * * * *\"]")
+            .unwrap()
+            .validate()
+            .unwrap();
         let err = Config::parse("[tenants.alice]\ntire = \"pro\"").unwrap_err();
         assert!(err.contains("tire"), "{err}");
 

@@ -1,6 +1,8 @@
-//! The admin API under `/admin/api`, behind a bearer token (compared in constant time).
-//! The CLI's `sync`, `sweep`, `snapshots` and `restore` verbs call it.
+//! The admin API under `/admin/api`, and `/metrics`, behind a bearer token (compared in
+//! constant time). The CLI's `sync`, `sweep`, `snapshots`, `restore` and `tier` verbs
+//! call it.
 //!
+//! - `GET  /metrics`: see `metrics`.
 //! - `POST /admin/api/tenants/{tenant}/sync`: sync now (frozen if running); the report.
 //! - `GET  /admin/api/tenants/{tenant}/snapshots`: every snapshot, oldest first.
 //! - `POST /admin/api/tenants/{tenant}/restore?seq=N|at_ms=T[&stop=true]`: point-in-time
@@ -37,7 +39,11 @@ pub fn router() -> Router<Arc<Edge>> {
         .route("/admin/api/sweep", post(sweep))
         .route("/admin/api/workers", get(workers))
         .route("/admin/api/tenants/{tenant}", get(tenant_status))
-        .route("/admin/api/tenants/{tenant}/tier", axum::routing::put(set_tier))
+        .route("/metrics", get(metrics))
+        .route(
+            "/admin/api/tenants/{tenant}/tier",
+            axum::routing::put(set_tier),
+        )
 }
 
 fn authorize(edge: &Edge, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -196,7 +202,8 @@ async fn sweep(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Resp
 
 async fn workers(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&edge, &headers)?;
-    Ok(axum::Json(serde_json::json!({ "workers": [edge.sweep.status()] })).into_response())
+    let workers = [edge.sweep.status(), edge.prewarm.status()];
+    Ok(axum::Json(serde_json::json!({ "workers": workers })).into_response())
 }
 
 async fn tenant_status(
@@ -232,9 +239,22 @@ async fn set_tier(
         && !tiers.contains_key(name)
     {
         let known: Vec<&str> = tiers.keys().map(String::as_str).collect();
-        let m = format!("unknown tier {name:?}; this gateway's tiers: {}", known.join(", "));
+        let m = format!(
+            "unknown tier {name:?}; this gateway's tiers: {}",
+            known.join(", ")
+        );
         return Err(ApiError::new(ErrorCode::BadRequest, m));
     }
     edge.tenants.assign_tier(&t, body.tier).await?;
     Ok(axum::Json(edge.tenants.status(&t).await?).into_response())
+}
+
+async fn metrics(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        edge.ctx.metrics.render(),
+    )
+        .into_response())
 }

@@ -23,12 +23,13 @@ use axum::routing::{get, post};
 use http::{HeaderValue, Request, StatusCode, header};
 use tokio::sync::oneshot;
 use warren_core::auth::{self, Source};
+use warren_core::sandbox::SandboxState;
 use warren_core::{ErrorCode, TenantId};
 
 use crate::error::ApiError;
 use crate::proxy::{self, Strip};
 use crate::schedule::SweepWorker;
-use crate::tenant::{Ready, TenantHandle, Tenants};
+use crate::tenant::{Ready, StartPhases, TenantHandle, Tenants};
 use crate::{Context, websocket};
 
 mod waiting;
@@ -45,9 +46,9 @@ impl Edge {
     pub fn new(ctx: Arc<Context>) -> Arc<Self> {
         Arc::new(Self {
             tenants: Tenants::new(ctx.clone()),
+            prewarm: crate::prewarm::PrewarmWorker::new(&ctx.config),
             ctx,
             sweep: SweepWorker::new(),
-            prewarm: crate::prewarm::PrewarmWorker::new(&ctx.config),
             requests: AtomicU64::new(0),
         })
     }
@@ -302,7 +303,30 @@ async fn forward(
             .headers_mut()
             .append(header::HeaderName::from_static("server-timing"), v);
     }
+    if let (Some(phases), Some(from)) = (ready.phases, ready.first_byte_from) {
+        first_byte(edge, &caller.tenant, &phases, from.elapsed());
+    }
     Ok(response)
+}
+
+/// The last phase of a start: the first byte of the answer to the request that waited
+/// for it, in metrics and in the start's event.
+fn first_byte(edge: &Edge, tenant: &TenantId, phases: &StartPhases, took: std::time::Duration) {
+    edge.ctx.metrics.first_byte(took);
+    let detail = format!(
+        "{}, first byte {:.1} ms",
+        phases.describe(),
+        took.as_secs_f64() * 1000.0
+    );
+    let (state, tenant) = (edge.ctx.state.clone(), tenant.clone());
+    tokio::spawn(async move {
+        if let Err(e) = state
+            .amend_last_event(&tenant, SandboxState::Ready, &detail)
+            .await
+        {
+            tracing::warn!(%tenant, error = %e, "cannot record a start's first byte");
+        }
+    });
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub mod admission;
 pub mod edge;
 pub mod error;
 pub mod handover;
+pub mod metrics;
+pub mod prewarm;
 pub mod probe;
 pub mod proxy;
 pub mod schedule;
@@ -65,6 +67,7 @@ pub struct Context {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// WebSocket relays running: the gateway waits for them to say goodbye.
     pub relays: tokio::sync::watch::Sender<usize>,
+    pub metrics: metrics::Metrics,
     generations: AtomicU64,
     /// Tiers operators put tenants in (admin API), over the config's; kept in the
     /// state store and loaded by `Gateway::recover`.
@@ -107,6 +110,7 @@ impl Context {
             draining: AtomicBool::new(false),
             closing: tokio::sync::watch::Sender::new(false),
             relays: tokio::sync::watch::Sender::new(0),
+            metrics: metrics::Metrics::default(),
             // Generations only need to grow across restarts; start from the wall clock.
             generations: AtomicU64::new(unix_ms()),
             tiers: RwLock::new(HashMap::new()),

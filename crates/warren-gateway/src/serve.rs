@@ -175,6 +175,13 @@ impl Gateway {
             }
         };
 
+        let prewarm = tokio::spawn(
+            self.edge
+                .prewarm
+                .clone()
+                .run(self.edge.clone(), stop_workers.subscribe()),
+        );
+
         let (how, successor) = tokio::select! {
             how = shutdown => (how, None),
             successor = takeover_request(&control, owner) => (Shutdown::Leave, Some(successor)),
@@ -183,6 +190,7 @@ impl Gateway {
         if let Some(sweep) = sweep {
             let _ = sweep.await;
         }
+        let _ = prewarm.await;
         ctx.draining.store(true, Ordering::Release);
         // Kept-alive connections linger (see `accept`) only for a successor: a
         // restart closes the port anyway, and lingering would only delay it.

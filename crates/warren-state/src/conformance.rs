@@ -135,8 +135,44 @@ pub async fn run(store: &dyn StateStore) {
     store.set_tier(&a, Some("team")).await.unwrap();
     assert_eq!(
         store.tiers().await.unwrap(),
-        vec![(a.clone(), "team".to_owned()), (b.clone(), "free".to_owned())]
+        vec![
+            (a.clone(), "team".to_owned()),
+            (b.clone(), "free".to_owned())
+        ]
     );
     store.set_tier(&b, None).await.unwrap();
-    assert_eq!(store.tiers().await.unwrap(), vec![(a.clone(), "team".to_owned())]);
+    assert_eq!(
+        store.tiers().await.unwrap(),
+        vec![(a.clone(), "team".to_owned())]
+    );
+
+    // A start's detail goes to its event, never over the row's detail of the last stop;
+    // amending changes the latest event in that state only.
+    let mut crashed = transition("user_b", SandboxState::Asleep, 4_000);
+    crashed.cause = Some(StopCause::Crash);
+    crashed.detail = Some("exit status 1".into());
+    store.record(&crashed).await.unwrap();
+    let mut ready = transition("user_b", SandboxState::Ready, 5_000);
+    ready.detail = Some("admission 1 ms".into());
+    store.record(&ready).await.unwrap();
+    let row = store.sandbox(&b).await.unwrap().unwrap();
+    assert_eq!(row.detail.as_deref(), Some("exit status 1"));
+    assert_eq!(row.last_stop, Some((StopCause::Crash, 4_000)));
+    store
+        .amend_last_event(&b, SandboxState::Ready, "admission 1 ms, first byte 2 ms")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sandbox(&b).await.unwrap().unwrap().detail.as_deref(),
+        Some("exit status 1")
+    );
+    let events = store.events(Some(&b), 10).await.unwrap();
+    assert_eq!(
+        events[0].detail.as_deref(),
+        Some("admission 1 ms, first byte 2 ms")
+    );
+    assert_ne!(
+        events[1].detail.as_deref(),
+        Some("admission 1 ms, first byte 2 ms")
+    );
 }

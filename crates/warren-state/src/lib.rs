@@ -43,7 +43,8 @@ pub struct Transition {
     pub cause: Option<StopCause>,
     /// The sandbox, once one exists.
     pub identity: Option<SandboxIdentity>,
-    /// Free text for operators: an exit status, a start error.
+    /// Free text for operators: an exit status, a start error, how long a start took.
+    /// The event keeps it; the sandbox row keeps only a stop's (with its cause).
     pub detail: Option<String>,
 }
 
@@ -103,6 +104,15 @@ pub trait StateStore: Send + Sync + 'static {
         tenant: Option<&TenantId>,
         limit: usize,
     ) -> Result<Vec<Event>, StateError>;
+
+    /// Replaces the detail of the tenant's latest event in `state` (a start's, once
+    /// its first answer is known to have taken so long).
+    async fn amend_last_event(
+        &self,
+        tenant: &TenantId,
+        state: SandboxState,
+        detail: &str,
+    ) -> Result<(), StateError>;
 
     /// Puts `tenant` in `tier` (an operator's choice, over the config's), or with
     /// `None` takes that choice back.

@@ -206,7 +206,8 @@ impl StateStore for SqliteStore {
                     container = excluded.container, last_active_ms = excluded.last_active_ms,
                     last_stop_cause = COALESCE(excluded.last_stop_cause, sandboxes.last_stop_cause),
                     last_stop_ms = COALESCE(excluded.last_stop_ms, sandboxes.last_stop_ms),
-                    detail = COALESCE(excluded.detail, sandboxes.detail)",
+                    detail = CASE WHEN excluded.last_stop_cause IS NULL THEN sandboxes.detail
+                                  ELSE COALESCE(excluded.detail, sandboxes.detail) END",
                 params![
                     t.tenant.as_str(),
                     t.state.as_str(),
@@ -328,6 +329,25 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn amend_last_event(
+        &self,
+        tenant: &TenantId,
+        state: SandboxState,
+        detail: &str,
+    ) -> Result<(), StateError> {
+        let (tenant, detail) = (tenant.as_str().to_owned(), detail.to_owned());
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE events SET detail = ?3 WHERE id =
+                    (SELECT MAX(id) FROM events WHERE tenant_id = ?1 AND state = ?2)",
+                params![tenant, state.as_str(), detail],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn set_tier(&self, tenant: &TenantId, tier: Option<&str>) -> Result<(), StateError> {
         let (tenant, tier) = (tenant.as_str().to_owned(), tier.map(str::to_owned));
         self.with(move |conn| {
@@ -345,7 +365,9 @@ impl StateStore for SqliteStore {
     async fn tiers(&self) -> Result<Vec<(TenantId, String)>, StateError> {
         self.with(|conn| {
             let mut stmt = conn
-                .prepare("SELECT tenant_id, tier FROM tenants WHERE tier IS NOT NULL ORDER BY tenant_id")
+                .prepare(
+                    "SELECT tenant_id, tier FROM tenants WHERE tier IS NOT NULL ORDER BY tenant_id",
+                )
                 .map_err(backend)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))

@@ -1,11 +1,13 @@
 //! Black-box tests of the gateway: the real binary, real sandboxes (echo agents), real
 //! sockets on 127.0.0.1.
 
+#[path = "gateway/cold_starts.rs"]
+mod cold_starts;
 mod harness;
-#[path = "gateway/waiting_page.rs"]
-mod waiting_page;
 #[path = "gateway/tiers.rs"]
 mod tiers;
+#[path = "gateway/waiting_page.rs"]
+mod waiting_page;
 
 use std::time::{Duration, Instant};
 

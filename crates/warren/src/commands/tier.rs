@@ -33,7 +33,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         && !settings.tiers.contains_key(tier)
     {
         let known: Vec<&str> = settings.tiers.keys().map(String::as_str).collect();
-        bail!("unknown tier {tier:?}; the config's tiers: {}", known.join(", "));
+        bail!(
+            "unknown tier {tier:?}; the config's tiers: {}",
+            known.join(", ")
+        );
     }
     if args.target.offline {
         args.target.check_offline(&settings)?;

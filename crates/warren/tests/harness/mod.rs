@@ -260,6 +260,18 @@ impl Gateway {
         .await
     }
 
+    /// A call of the admin API (or `/metrics`) with the gateway's admin token.
+    pub async fn admin(&self, method: http::Method, path: &str, body: &str) -> Reply {
+        let token = std::fs::read_to_string(self.data_dir().join("admin-token")).unwrap();
+        let request = Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("authorization", format!("Bearer {}", token.trim()))
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        self.request(request).await
+    }
+
     /// GET with the user's credential as query parameters.
     pub async fn get_as(&self, user: &str, path: &str) -> Reply {
         let sep = if path.contains('?') { '&' } else { '?' };
