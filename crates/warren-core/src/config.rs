@@ -245,6 +245,9 @@ pub struct RuntimeConfig {
     pub image: String,
     /// For `docker`: the network mode of sandboxes allowed outbound connections.
     pub outbound_network: String,
+    /// For `process` with namespaces: how many empty sandboxes (namespaces and cgroup
+    /// made, no tenant yet) to keep ready for starts to claim. 0: none.
+    pub pool: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -260,6 +263,7 @@ impl Default for RuntimeConfig {
             socket: PathBuf::from("/var/run/docker.sock"),
             image: "localhost/warren-echo:latest".into(),
             outbound_network: "bridge".into(),
+            pool: 0,
         }
     }
 }

@@ -90,6 +90,7 @@ async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
         "sandboxes_running": running,
         "max_instances": edge.ctx.config.max_instances,
         "admission_waiting": edge.ctx.admission.waiting(),
+        "pool_ready": edge.ctx.runtime.pool_ready(),
     }))
     .into_response()
 }

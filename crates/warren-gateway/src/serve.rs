@@ -134,6 +134,9 @@ impl Gateway {
         }
         // Serving begins with every survivor ready: no request starts a second one.
         futures_util::future::join_all(adopting).await;
+        // Pooled sandboxes are made once what survivors use is known, off the path.
+        let runtime = ctx.runtime.clone();
+        tokio::spawn(async move { runtime.fill_pool().await });
         Ok(())
     }
 
@@ -218,10 +221,12 @@ impl Gateway {
                     "shutting down: no new connections; running sandboxes stay for the next gateway"
                 );
                 self.edge.tenants.leave_all().await;
+                ctx.runtime.drain_pool(false).await;
             }
             Shutdown::StopAll => {
                 tracing::info!("shutting down: no new connections; stopping every sandbox");
                 self.edge.tenants.stop_all(StopCause::Shutdown).await;
+                ctx.runtime.drain_pool(true).await;
             }
         }
         let mut relays = ctx.relays.subscribe();

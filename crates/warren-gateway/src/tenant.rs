@@ -1210,11 +1210,7 @@ async fn start_sandbox(
         tenant: handle.tenant().clone(),
         generation,
         command: ctx.agent_command.clone(),
-        limits: Some(Limits {
-            memory_bytes: size.memory_mib << 20,
-            cpu_millis: (size.vcpu * 1000.0).round() as u64,
-            pids: size.pids,
-        }),
+        limits: Some(Limits::of(&size)),
         env: Vec::new(),
         network: match profile.network {
             NetworkAccess::None => Network::LoopbackOnly,

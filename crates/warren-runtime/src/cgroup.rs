@@ -19,6 +19,17 @@ pub struct Limits {
     pub pids: u64,
 }
 
+impl Limits {
+    /// What an instance type allows.
+    pub fn of(size: &warren_core::config::InstanceSize) -> Self {
+        Self {
+            memory_bytes: size.memory_mib << 20,
+            cpu_millis: (size.vcpu * 1000.0).round() as u64,
+            pids: size.pids,
+        }
+    }
+}
+
 /// Where the controllers are on this host.
 #[derive(Debug, Clone)]
 pub enum Hierarchy {
@@ -149,7 +160,6 @@ impl Cgroup {
 
     /// Creates the cgroup `warren/<name>` with `limits`. Fails if it exists already.
     pub fn create(hierarchy: &Hierarchy, name: &str, limits: &Limits) -> std::io::Result<Self> {
-        let quota = (limits.cpu_millis * CPU_PERIOD_US / 1000).max(1000);
         let cgroup = Self::open(hierarchy, name);
         if let Hierarchy::V2 { root } = hierarchy {
             // Controllers must be enabled down the tree before a leaf can use them.
@@ -163,25 +173,47 @@ impl Cgroup {
             std::fs::create_dir_all(dir.parent().unwrap_or(dir))?;
             std::fs::create_dir(dir)?;
         }
+        cgroup.set_limits(limits)?;
+        Ok(cgroup)
+    }
+
+    /// Sets the limits, also of a cgroup whose processes run (a pooled sandbox that a
+    /// tenant of another instance type claims).
+    pub fn set_limits(&self, limits: &Limits) -> std::io::Result<()> {
+        let quota = (limits.cpu_millis * CPU_PERIOD_US / 1000).max(1000);
         let memory = limits.memory_bytes.to_string();
-        if cgroup.v2 {
-            let dir = &cgroup.memory;
+        if self.v2 {
+            let dir = &self.memory;
             write(dir, "memory.max", &memory)?;
             // Swap would hide an overrun instead of ending it.
             let _ = write(dir, "memory.swap.max", "0");
             write(dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
             write(dir, "pids.max", &limits.pids.to_string())?;
         } else {
-            let [m, c, p] = &cgroup.dirs[..] else {
+            let [m, c, p] = &self.dirs[..] else {
                 unreachable!("a v1 cgroup has a memory, a cpu and a pids directory")
             };
+            // memory+swap may never be below memory: raise it first, lower it last.
+            let _ = write(m, "memory.memsw.limit_in_bytes", &memory);
             write(m, "memory.limit_in_bytes", &memory)?;
             let _ = write(m, "memory.memsw.limit_in_bytes", &memory);
             write(c, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
             write(c, "cpu.cfs_quota_us", &quota.to_string())?;
             write(p, "pids.max", &limits.pids.to_string())?;
         }
-        Ok(cgroup)
+        Ok(())
+    }
+
+    /// Its name under `warren/`.
+    pub fn name(&self) -> Option<&str> {
+        self.dirs.first()?.file_name()?.to_str()
+    }
+
+    /// Whether no process is in it (or it is gone).
+    pub fn is_empty(&self) -> bool {
+        self.procs_files()
+            .iter()
+            .all(|f| std::fs::read_to_string(f).map_or(true, |s| s.trim().is_empty()))
     }
 
     /// The `cgroup.procs` files a process writes its pid to, to join.

@@ -183,4 +183,18 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Opens connections to sandboxes' endpoints.
     fn connector(&self) -> &Connector;
+
+    /// Makes the empty sandboxes a runtime keeps ready for `start` (where it keeps
+    /// any), once the sandboxes an earlier gateway left are taken over; starts that
+    /// claim one refill it.
+    async fn fill_pool(&self) {}
+
+    /// Stops the empty sandboxes kept for `start`. With `all_stopped`, no sandbox of
+    /// this gateway runs any more and what the pool set up on the host goes too.
+    async fn drain_pool(&self, _all_stopped: bool) {}
+
+    /// How many empty sandboxes are ready to be claimed now.
+    fn pool_ready(&self) -> usize {
+        0
+    }
 }

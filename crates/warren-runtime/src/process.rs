@@ -60,6 +60,8 @@ pub struct ProcessRuntime {
     connector: crate::netns::Connector,
     /// Where limits go; `None` when the host has no usable cgroups.
     cgroups: Option<Hierarchy>,
+    /// Empty sandboxes kept ready to be claimed, if configured.
+    pool: Option<pool::Pool>,
 }
 
 impl ProcessRuntime {
@@ -76,9 +78,25 @@ impl ProcessRuntime {
             isolation,
             connector: crate::netns::Connector::new(),
             cgroups: Hierarchy::detect(),
+            pool: None,
         }
     }
+
+    /// Keeps `config.size` empty sandboxes ready (see `pool`). Only namespaced
+    /// sandboxes with cgroup limits can be pooled; elsewhere the pool stays empty.
+    pub fn with_pool(mut self, config: pool::PoolConfig) -> Self {
+        let usable = matches!(self.isolation, Isolation::Namespaces { .. }) && self.cgroups.is_some();
+        if config.size > 0 && !usable {
+            tracing::warn!("runtime.pool needs namespaced sandboxes and cgroups; no pool");
+        }
+        if config.size > 0 && usable {
+            self.pool = pool::Pool::new(&self.data_dir.clone(), config, &self);
+        }
+        self
+    }
 }
+
+pub mod pool;
 
 /// Joins the cgroups named by its arguments (a count, then `cgroup.procs` files), then
 /// becomes the rest of its arguments.
@@ -91,7 +109,12 @@ fn free_loopback_port() -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// bubblewrap's arguments for a sandbox whose workspace is `workspace`.
+/// Where a namespaced sandbox sees its workspace: its `HOME` and working directory,
+/// the same path whichever sandbox (fresh or pooled) runs the agent.
+pub const SANDBOX_HOME: &str = "/home/agent";
+
+/// bubblewrap's arguments for a sandbox whose workspace is `workspace` on the host
+/// (seen at `SANDBOX_HOME` inside).
 fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32, ro_paths: &[PathBuf]) -> Vec<String> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let mut args: Vec<String> = [
@@ -113,9 +136,8 @@ fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32, ro_paths: &[PathBuf])
     for p in ro_paths.iter().filter(|p| p.exists()) {
         args.extend(["--ro-bind".into(), path(p), path(p)]);
     }
-    args.extend(["--bind".into(), path(workspace), path(workspace)]);
-    args.extend(["--proc", "/proc", "--dev", "/dev", "--chdir"].map(String::from));
-    args.push(path(workspace));
+    args.extend(["--bind".into(), path(workspace), SANDBOX_HOME.into()]);
+    args.extend(["--proc", "/proc", "--dev", "/dev", "--chdir", SANDBOX_HOME].map(String::from));
     args.push("--".into());
     args
 }
@@ -284,105 +306,99 @@ fn exit_of(status: std::process::ExitStatus) -> Exit {
     }
 }
 
-#[async_trait]
-impl Runtime for ProcessRuntime {
-    async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
-        let (program, args) = spec
-            .command
-            .split_first()
-            .ok_or(RuntimeError::EmptyCommand)?;
-        let workspace = self.layout.workspace(&spec.tenant);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| RuntimeError::Workspace { path, source }
-        };
-        std::fs::create_dir_all(&workspace).map_err(io(&workspace))?;
-        let log_path = self.layout.agent_log(&spec.tenant);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io(&log_path))?;
-        let log_err = log.try_clone().map_err(io(&log_path))?;
+/// A sandbox's process, started and (with namespaces) inside its namespaces.
+struct Launched {
+    child: tokio::process::Child,
+    pid: u32,
+    pid_start_ticks: u64,
+    inner_pid: Option<u32>,
+    netns: Option<Arc<File>>,
+    cgroup: Option<Cgroup>,
+}
 
-        let (mut argv, address, uid): (Vec<String>, SocketAddr, Option<u32>) = match &self.isolation
-        {
-            Isolation::None => {
-                let port = free_loopback_port().map_err(RuntimeError::Spawn)?;
-                (
-                    spec.command.clone(),
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                    None,
-                )
-            }
-            Isolation::Namespaces {
-                bwrap,
-                uid,
-                agent_port,
-                ro_paths,
-            } => {
-                hand_over_workspace(&workspace, *uid)
-                    .await
-                    .map_err(io(&workspace))?;
-                let mut visible = ro_paths.clone();
-                visible.extend(Some(PathBuf::from(program)).filter(|p| p.is_absolute()));
-                let mut argv = vec![bwrap.to_string_lossy().into_owned()];
-                argv.extend(bwrap_args(&self.data_dir, &workspace, *uid, &visible));
-                if spec.network == Network::Outbound {
-                    // slirp4netns answers DNS at its own address; the host's resolver
-                    // may be on the host's loopback, which the sandbox cannot reach.
-                    let resolv = self.data_dir.join("sandbox-resolv.conf");
-                    std::fs::write(&resolv, format!("nameserver {SLIRP_DNS}\n"))
-                        .map_err(io(&resolv))?;
-                    let at = argv.len() - 1;
-                    argv.splice(
-                        at..at,
-                        [
-                            "--ro-bind".into(),
-                            resolv.to_string_lossy().into_owned(),
-                            "/etc/resolv.conf".into(),
-                        ],
-                    );
-                }
-                argv.extend(spec.command.iter().cloned());
-                (
-                    argv,
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, *agent_port)),
-                    Some(*uid),
-                )
-            }
-        };
+/// How a launch is set up: its command line (before the cgroup and session
+/// wrappers), environment, working directory and standard streams.
+struct LaunchSpec {
+    argv: Vec<String>,
+    uid: Option<u32>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    stdin: Stdio,
+    stdout: File,
+    stderr: File,
+}
+
+impl ProcessRuntime {
+    /// The workspace as the agent sees it: `/home/agent` in a namespaced sandbox
+    /// (whichever sandbox, fresh or pooled, runs it), else where it is on the host.
+    fn workspace_inside(&self, workspace: &Path) -> PathBuf {
+        match self.isolation {
+            Isolation::None => workspace.to_owned(),
+            Isolation::Namespaces { .. } => PathBuf::from(SANDBOX_HOME),
+        }
+    }
+
+    /// The only environment an agent gets: the spec's and the runtime's own.
+    fn agent_env(
+        &self,
+        spec: &SandboxSpec,
+        workspace: &Path,
+        address: SocketAddr,
+    ) -> Vec<(String, String)> {
+        let inside = self.workspace_inside(workspace).to_string_lossy().into_owned();
+        let mut env = spec.env.clone();
+        env.extend([
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("HOME".into(), inside.clone()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("WARREN_TENANT_ID".into(), spec.tenant.as_str().into()),
+            ("WARREN_WORKSPACE".into(), inside),
+            ("WARREN_AGENT_ADDR".into(), address.to_string()),
+        ]);
+        env
+    }
+
+    /// Starts `launch` in a session of its own, in `cgroup` (joined before its first
+    /// instruction) and, with namespaces, waits until it is inside them. On failure
+    /// nothing of it is left.
+    async fn launch(
+        isolation: &Isolation,
+        launch: LaunchSpec,
+        cgroup: Option<Cgroup>,
+    ) -> Result<Launched, RuntimeError> {
+        let LaunchSpec {
+            mut argv,
+            uid,
+            env,
+            cwd,
+            stdin,
+            stdout,
+            stderr,
+        } = launch;
         // The sandbox joins its cgroup before anything else runs, so every process it
         // ever forks is counted: a shell writes its own pid, then becomes the sandbox.
-        let cgroup = match (&self.cgroups, &spec.limits) {
-            (Some(hierarchy), Some(limits)) => {
-                // Unique on the host: two gateways (an upgrade, tests) may both start
-                // the same tenant's generation number.
-                let name = format!("{}-{}-{}", spec.tenant, spec.generation, std::process::id());
-                let cgroup =
-                    Cgroup::create(hierarchy, &name, limits).map_err(RuntimeError::Cgroup)?;
-                let procs = cgroup.procs_files();
-                if let Some(uid) = uid {
-                    for file in &procs {
-                        std::os::unix::fs::lchown(file, Some(uid), Some(uid))
-                            .map_err(RuntimeError::Cgroup)?;
+        if let Some(cgroup) = &cgroup {
+            let procs = cgroup.procs_files();
+            if let Some(uid) = uid {
+                for file in &procs {
+                    if let Err(e) = std::os::unix::fs::lchown(file, Some(uid), Some(uid)) {
+                        // Nothing runs in it yet.
+                        cgroup.remove_when_empty().await;
+                        return Err(RuntimeError::Cgroup(e));
                     }
                 }
-                let mut wrapped: Vec<String> = vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    JOIN_CGROUP.into(),
-                    "warren-join".into(),
-                    procs.len().to_string(),
-                ];
-                wrapped.extend(procs.iter().map(|p| p.to_string_lossy().into_owned()));
-                wrapped.append(&mut argv);
-                argv = wrapped;
-                Some(cgroup)
             }
-            _ => None,
-        };
-        let _ = args;
+            let mut wrapped: Vec<String> = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                JOIN_CGROUP.into(),
+                "warren-join".into(),
+                procs.len().to_string(),
+            ];
+            wrapped.extend(procs.iter().map(|p| p.to_string_lossy().into_owned()));
+            wrapped.append(&mut argv);
+            argv = wrapped;
+        }
         // A session of its own (and so a process group of its own, whose id is its
         // pid): were it in the gateway's session, the gateway's death while it is
         // frozen (stopped) for a sync would orphan its group, and the kernel would
@@ -393,25 +409,29 @@ impl Runtime for ProcessRuntime {
             cmd.uid(uid).gid(uid);
         }
         cmd.env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &workspace)
-            .env("TMPDIR", "/tmp")
-            .env("WARREN_TENANT_ID", spec.tenant.as_str())
-            .env("WARREN_WORKSPACE", &workspace)
-            .env("WARREN_AGENT_ADDR", address.to_string())
-            .current_dir(&workspace)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
+            .envs(env)
+            .current_dir(&cwd)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
             .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
-        let pid = child.id().ok_or_else(|| {
-            RuntimeError::Spawn(std::io::Error::other("the agent exited at once"))
-        })?;
+        let spawned = cmd.spawn().map_err(RuntimeError::Spawn).and_then(|child| {
+            let pid = child.id().ok_or_else(|| {
+                RuntimeError::Spawn(std::io::Error::other("the agent exited at once"))
+            })?;
+            Ok((child, pid))
+        });
+        let (mut child, pid) = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                if let Some(cgroup) = &cgroup {
+                    cgroup.remove_when_empty().await;
+                }
+                return Err(e);
+            }
+        };
         let pid_start_ticks = process_start_ticks(pid).unwrap_or(0);
-
-        let (netns, inner_pid) = match self.isolation {
+        let (netns, inner_pid) = match isolation {
             Isolation::None => (None, None),
             Isolation::Namespaces { .. } => {
                 let opened = match namespaced_child(pid, &mut child).await {
@@ -429,26 +449,35 @@ impl Runtime for ProcessRuntime {
                 }
             }
         };
-        // Outbound network: a user-mode NAT attached to the sandbox's namespace, in the
-        // sandbox's cgroup (its memory counts, and it ends with the sandbox).
-        let slirp = match (spec.network, inner_pid) {
-            (Network::Outbound, Some(inner)) => {
-                // bubblewrap sets up the loopback before it starts the agent, as the
-                // namespace's second process; the two setups must not meet.
-                let attached = match namespaced_child(inner, &mut child).await {
-                    Ok(_) => start_slirp(inner, cgroup.as_ref(), &log_path).await,
-                    Err(e) => Err(e),
-                };
-                match attached {
-                    Ok(slirp) => Some(slirp),
-                    Err(e) => {
-                        abandon(pid, cgroup.as_ref()).await;
-                        return Err(e);
-                    }
-                }
-            }
-            _ => None,
-        };
+        Ok(Launched {
+            child,
+            pid,
+            pid_start_ticks,
+            inner_pid,
+            netns,
+            cgroup,
+        })
+    }
+
+    /// Makes a launched process the tenant's sandbox: a task waits for its end and
+    /// then ends the rest of it (its other processes, slirp4netns, a pooled
+    /// sandbox's workspace mount, its cgroup).
+    fn supervise(
+        &self,
+        spec: &SandboxSpec,
+        launched: Launched,
+        slirp: Option<tokio::process::Child>,
+        address: SocketAddr,
+        slot: Option<PathBuf>,
+    ) -> Sandbox {
+        let Launched {
+            mut child,
+            pid,
+            pid_start_ticks,
+            inner_pid,
+            netns,
+            cgroup,
+        } = launched;
         // Known now, while the namespace's first process surely lives.
         let cgroup_procs = cgroup
             .as_ref()
@@ -478,6 +507,9 @@ impl Runtime for ProcessRuntime {
                 let _ = slirp.wait().await;
             }
             drop(pinned_pid_namespace);
+            if let Some(slot) = slot {
+                pool::release_slot(&slot);
+            }
             if let Some(cgroup) = cgroup {
                 if cgroup.oom_killed() {
                     exit = Exit::OutOfMemory;
@@ -488,8 +520,7 @@ impl Runtime for ProcessRuntime {
             }
             tx.send_replace(Some(exit));
         });
-
-        Ok(Sandbox {
+        Sandbox {
             tenant: spec.tenant.clone(),
             generation: spec.generation,
             address,
@@ -502,10 +533,165 @@ impl Runtime for ProcessRuntime {
             inner_pid,
             cgroup_procs,
             container: None,
-            workspace,
+            workspace: self.layout.workspace(&spec.tenant),
             exited,
             watcher: Some(watcher.abort_handle()),
-        })
+        }
+    }
+
+    /// The tenant's workspace, made and (with namespaces) handed to the sandbox's user,
+    /// and its agent log opened for appending (twice: stdout and stderr).
+    async fn prepare_workspace(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<(PathBuf, File, File), RuntimeError> {
+        let workspace = self.layout.workspace(&spec.tenant);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| RuntimeError::Workspace { path, source }
+        };
+        std::fs::create_dir_all(&workspace).map_err(io(&workspace))?;
+        let log_path = self.layout.agent_log(&spec.tenant);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(&log_path))?;
+        let log_err = log.try_clone().map_err(io(&log_path))?;
+        if let Isolation::Namespaces { uid, .. } = &self.isolation {
+            hand_over_workspace(&workspace, *uid)
+                .await
+                .map_err(io(&workspace))?;
+        }
+        Ok((workspace, log, log_err))
+    }
+
+    /// A new sandbox, made from nothing (no pooled one was there to claim).
+    async fn start_new(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        let program = spec.command.first().ok_or(RuntimeError::EmptyCommand)?;
+        let (workspace, log, log_err) = self.prepare_workspace(spec).await?;
+        let log_path = self.layout.agent_log(&spec.tenant);
+        let (argv, address, uid): (Vec<String>, SocketAddr, Option<u32>) = match &self.isolation
+        {
+            Isolation::None => {
+                let port = free_loopback_port().map_err(RuntimeError::Spawn)?;
+                (
+                    spec.command.clone(),
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    None,
+                )
+            }
+            Isolation::Namespaces {
+                bwrap,
+                uid,
+                agent_port,
+                ro_paths,
+            } => {
+                let mut visible = ro_paths.clone();
+                visible.extend(Some(PathBuf::from(program)).filter(|p| p.is_absolute()));
+                let mut argv = vec![bwrap.to_string_lossy().into_owned()];
+                argv.extend(bwrap_args(&self.data_dir, &workspace, *uid, &visible));
+                if spec.network == Network::Outbound {
+                    // slirp4netns answers DNS at its own address; the host's resolver
+                    // may be on the host's loopback, which the sandbox cannot reach.
+                    let resolv = self.data_dir.join("sandbox-resolv.conf");
+                    std::fs::write(&resolv, format!("nameserver {SLIRP_DNS}\n")).map_err(
+                        |source| RuntimeError::Workspace {
+                            path: resolv.clone(),
+                            source,
+                        },
+                    )?;
+                    let at = argv.len() - 1;
+                    argv.splice(
+                        at..at,
+                        [
+                            "--ro-bind".into(),
+                            resolv.to_string_lossy().into_owned(),
+                            "/etc/resolv.conf".into(),
+                        ],
+                    );
+                }
+                argv.extend(spec.command.iter().cloned());
+                (
+                    argv,
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, *agent_port)),
+                    Some(*uid),
+                )
+            }
+        };
+        let cgroup = match (&self.cgroups, &spec.limits) {
+            // Unique on the host: two gateways (an upgrade, tests) may both start the
+            // same tenant's generation number.
+            (Some(hierarchy), Some(limits)) => {
+                let name = format!("{}-{}-{}", spec.tenant, spec.generation, std::process::id());
+                Some(Cgroup::create(hierarchy, &name, limits).map_err(RuntimeError::Cgroup)?)
+            }
+            _ => None,
+        };
+        let launch = LaunchSpec {
+            argv,
+            uid,
+            env: self.agent_env(spec, &workspace, address),
+            cwd: workspace.clone(),
+            stdin: Stdio::null(),
+            stdout: log,
+            stderr: log_err,
+        };
+        let mut launched = Self::launch(&self.isolation, launch, cgroup).await?;
+        // Outbound network: a user-mode NAT attached to the sandbox's namespace, in the
+        // sandbox's cgroup (its memory counts, and it ends with the sandbox).
+        let slirp = match (spec.network, launched.inner_pid) {
+            (Network::Outbound, Some(inner)) => {
+                // bubblewrap sets up the loopback before it starts the agent, as the
+                // namespace's second process; the two setups must not meet.
+                let attached = match namespaced_child(inner, &mut launched.child).await {
+                    Ok(_) => start_slirp(inner, launched.cgroup.as_ref(), &log_path).await,
+                    Err(e) => Err(e),
+                };
+                match attached {
+                    Ok(slirp) => Some(slirp),
+                    Err(e) => {
+                        abandon(launched.pid, launched.cgroup.as_ref()).await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        Ok(self.supervise(spec, launched, slirp, address, None))
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        if let Some(pool) = &self.pool {
+            match pool.claim(self, spec).await {
+                Ok(Some(sandbox)) => return Ok(sandbox),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(tenant = %spec.tenant, error = %e, "cannot claim a pooled sandbox; starting a new one");
+                }
+            }
+        }
+        self.start_new(spec).await
+    }
+
+    async fn fill_pool(&self) {
+        if let Some(pool) = &self.pool {
+            pool.clean_up();
+            pool.fill().await;
+        }
+    }
+
+    async fn drain_pool(&self, all_stopped: bool) {
+        if let Some(pool) = &self.pool {
+            pool.drain(all_stopped).await;
+        }
+    }
+
+    fn pool_ready(&self) -> usize {
+        self.pool.as_ref().map_or(0, pool::Pool::ready)
     }
 
     async fn adopt(&self, survivor: &Survivor) -> Result<Option<Sandbox>, RuntimeError> {
@@ -547,6 +733,13 @@ impl Runtime for ProcessRuntime {
             .as_ref()
             .and_then(|c| c.procs_files().into_iter().next());
         let members = Members::from_parts(cgroup_procs.as_ref(), inner_pid, pid);
+        // A sandbox claimed from a pool has its workspace bound onto the slot of its
+        // cgroup's name.
+        let slot = cgroup
+            .as_ref()
+            .and_then(Cgroup::name)
+            .filter(|name| name.starts_with("pool-"))
+            .map(|name| self.data_dir.join("pool").join(name));
         let (tx, exited) = watch::channel(None);
         let watcher = tokio::spawn(async move {
             // Not its parent: this gateway cannot wait for it, only see it gone.
@@ -554,6 +747,9 @@ impl Runtime for ProcessRuntime {
                 tokio::time::sleep(ADOPTED_POLL).await;
             }
             members.signal(Signal::SIGKILL);
+            if let Some(slot) = slot {
+                pool::release_slot(&slot);
+            }
             let mut exit = Exit::Unknown;
             if let Some(cgroup) = cgroup {
                 if cgroup.oom_killed() {

@@ -37,6 +37,9 @@ enum Command {
     Restore(commands::restore::Args),
     /// Show a tenant's tier, or put it in another.
     Tier(commands::tier::Args),
+    /// Inside a pooled sandbox: wait for a claim, then become the agent (internal).
+    #[command(hide = true)]
+    SandboxWait,
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +54,10 @@ fn main() -> std::process::ExitCode {
         Command::Snapshots(args) => commands::snapshots::run(args),
         Command::Restore(args) => commands::restore::run(args),
         Command::Tier(args) => commands::tier::run(args),
+        Command::SandboxWait => Err(anyhow::Error::new(
+            warren_runtime::process::pool::await_claim(),
+        )
+        .context("a pooled sandbox could not become the agent")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

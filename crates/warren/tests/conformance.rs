@@ -1,5 +1,6 @@
 //! The runtime conformance suite: every runtime (the process runtime under bubblewrap,
-//! the docker runtime against Podman's API) passes the same black-box tests. A probe
+//! the same with a warm pool, so that every sandbox is a claimed one, and the docker
+//! runtime against Podman's API) passes the same black-box tests. A probe
 //! agent (tests/agents/probe.py) reports from inside its sandbox what it can see and
 //! do, through the real gateway.
 
@@ -14,6 +15,8 @@ use warren_testkit::Podman;
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Process,
+    /// The process runtime with a warm pool of two: sandboxes are claimed, not made.
+    Pooled,
     Docker,
 }
 
@@ -59,18 +62,26 @@ fn python_stdlib() -> String {
 fn probe_gateway_with(kind: Kind, extra: &str, runtime: &str, env: &[(&str, &str)]) -> Probe {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents/probe.py");
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/agents");
+    let runtime = match kind {
+        Kind::Pooled => format!("{runtime}\npool = 2\n"),
+        _ => runtime.to_owned(),
+    };
     match kind {
-        Kind::Process => Probe {
+        Kind::Process | Kind::Pooled => {
             // The probe's directory is made visible in the sandboxes, wherever the
             // checkout is (under `/tmp`, say, which sandboxes see as their own).
-            gw: Gateway::start_with(
+            let gw = Gateway::start_with(
                 &format!(
                     "{extra}\n[agent]\nkind = \"command\"\ncommand = [\"/usr/bin/python3\", \"{script}\"]\n[runtime]\n{runtime}\nro_paths = [\"{dir}\"]\n"
                 ),
                 env,
-            ),
-            _podman: None,
-        },
+            );
+            if kind == Kind::Pooled {
+                // So that the test's starts claim, rather than race the filling.
+                gw.wait_for_pool(2);
+            }
+            Probe { gw, _podman: None }
+        }
         Kind::Docker => {
             warren_testkit::build_image(
                 PROBE_IMAGE,
@@ -97,13 +108,20 @@ fn probe_gateway_with(kind: Kind, extra: &str, runtime: &str, env: &[(&str, &str
     }
 }
 
-/// Every test, once per runtime: `process::<name>` and `docker::<name>`.
+/// Every test, once per runtime: `process::<name>`, `pooled::<name>` and
+/// `docker::<name>`.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod process {
             $(#[tokio::test(flavor = "multi_thread")]
             async fn $name() {
                 super::$name(super::Kind::Process).await
+            })*
+        }
+        mod pooled {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() {
+                super::$name(super::Kind::Pooled).await
             })*
         }
         mod docker {
@@ -516,7 +534,7 @@ async fn a_sandbox_that_ends_during_a_takeover_is_the_successors_to_record(kind:
     assert_eq!(status["last_stop"]["cause"], "crash", "{status}");
     let expected = match kind {
         Kind::Docker => "exit code 3",
-        Kind::Process => "ended (its exit status went to an earlier gateway)",
+        Kind::Process | Kind::Pooled => "ended (its exit status went to an earlier gateway)",
     };
     assert_eq!(status["last_stop"]["detail"], expected, "{status}");
     let mut old = old;

@@ -7,9 +7,13 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use warren_core::auth::Signer;
-use warren_core::config::{AgentKind, Config, IsolationKind, LogFormat, RuntimeKind, StateKind};
+use warren_core::config::{
+    AgentKind, Config, INSTANCE_TYPES, IsolationKind, LogFormat, RuntimeKind, StateKind,
+};
 use warren_gateway::serve::lock_data_dir;
 use warren_gateway::{Context, Gateway, Services, Shutdown};
+use warren_runtime::cgroup::Limits;
+use warren_runtime::process::pool::PoolConfig;
 use warren_runtime::{DockerOptions, DockerRuntime, Isolation, ProcessRuntime, Runtime};
 use warren_state::{SqliteStore, StateStore};
 
@@ -65,6 +69,22 @@ fn isolation(config: &Config) -> anyhow::Result<Isolation> {
             })
         }
     }
+}
+
+/// The warm pool of the process runtime: the usual instance type's limits, the warren
+/// binary as the stub that waits for a claim, the agent's program made visible.
+fn pool_config(config: &Config) -> anyhow::Result<PoolConfig> {
+    let size = config.instance_size(&config.instance_type).unwrap_or(INSTANCE_TYPES[0].1);
+    let program = agent_command(config)?
+        .first()
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute());
+    Ok(PoolConfig {
+        size: config.runtime.pool,
+        limits: Limits::of(&size),
+        stub: std::env::current_exe().context("cannot find the warren binary for the pool")?,
+        visible: program.into_iter().collect(),
+    })
 }
 
 /// Open files and processes a container may have: within what Podman may grant on a
@@ -170,10 +190,10 @@ async fn serve(
         StateKind::Sqlite => Arc::new(SqliteStore::open(&config.state_path())?),
     };
     let runtime: Arc<dyn Runtime> = match config.runtime.kind {
-        RuntimeKind::Process => Arc::new(ProcessRuntime::with_isolation(
-            &config.data_dir,
-            isolation(&config)?,
-        )),
+        RuntimeKind::Process => Arc::new(
+            ProcessRuntime::with_isolation(&config.data_dir, isolation(&config)?)
+                .with_pool(pool_config(&config)?),
+        ),
         RuntimeKind::Docker => {
             let r = &config.runtime;
             let options = DockerOptions {

@@ -260,6 +260,26 @@ impl Gateway {
         .await
     }
 
+    /// Waits until the runtime's warm pool holds `ready` empty sandboxes (`/readyz`).
+    /// Plain blocking HTTP: callable from sync code inside a test's runtime.
+    pub fn wait_for_pool(&self, ready: u64) {
+        use std::io::{Read as _, Write as _};
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut stream = std::net::TcpStream::connect(self.addr).unwrap();
+            write!(stream, "GET /readyz HTTP/1.0\r\nHost: warren\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let readyz: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            if readyz["pool_ready"].as_u64() == Some(ready) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the pool never held {ready}: {answer}");
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// A call of the admin API (or `/metrics`) with the gateway's admin token.
     pub async fn admin(&self, method: http::Method, path: &str, body: &str) -> Reply {
         let token = std::fs::read_to_string(self.data_dir().join("admin-token")).unwrap();

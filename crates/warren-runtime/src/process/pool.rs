@@ -1,0 +1,504 @@
+//! The warm pool of the process runtime: `size` empty sandboxes kept ready, their
+//! namespaces made and their cgroup set, with no tenant yet. Claiming one for a start
+//! skips bubblewrap and the cgroup's creation; what is left is the workspace and the
+//! agent's own boot.
+//!
+//! An empty sandbox runs `<stub> sandbox-wait` (the warren binary, `await_claim`) as
+//! its user, with its workspace at `SANDBOX_HOME`, bound from its slot
+//! `<data_dir>/pool/<name>`, and its stdin one end of a socket pair whose other end
+//! the pool holds. A claim binds the tenant's workspace onto the slot on the host:
+//! `<data_dir>/pool` is a shared mount, so the bind propagates into the sandbox (its
+//! mounts are slaves of the host's) and covers `SANDBOX_HOME` there. Then it sends the
+//! stub the agent's command, environment and working directory, with the tenant's log
+//! as a file descriptor; the stub moves there and becomes the agent. When the sandbox
+//! ends, its slot is unmounted (the unmount propagates too) and removed.
+//!
+//! An empty sandbox whose pool went away (its gateway stopped or died) reads the end of
+//! its socket and exits. Slots and cgroups left by earlier gateways are removed when
+//! the next one fills its pool, unless a sandbox taken over still uses them.
+//!
+//! Only tenants whose sandbox has no outbound network are served from the pool; a
+//! tenant of another instance type gets the pooled sandbox's limits changed.
+
+use std::fs::File;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustix::mount::{MountPropagationFlags, UnmountFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+use super::{
+    Isolation, LaunchSpec, Launched, ProcessRuntime, SANDBOX_HOME, abandon, bwrap_args,
+};
+use crate::cgroup::{Cgroup, Hierarchy, Limits};
+use crate::{Network, RuntimeError, Sandbox, SandboxSpec};
+
+/// What the pool keeps.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// How many empty sandboxes are kept ready.
+    pub size: usize,
+    /// Their limits until claimed (the usual instance type's).
+    pub limits: Limits,
+    /// The program that waits in each for its claim: the warren binary, run as
+    /// `<stub> sandbox-wait`.
+    pub stub: PathBuf,
+    /// Host paths the agents' programs need that a sandbox hides (under `/tmp`,
+    /// `/root`, `/home` or `/run`), besides the runtime's `ro_paths`.
+    pub visible: Vec<PathBuf>,
+}
+
+pub(super) struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: PoolConfig,
+    isolation: Isolation,
+    hierarchy: Hierarchy,
+    data_dir: PathBuf,
+    /// `<data_dir>/pool`: a shared mount holding the slots.
+    dir: PathBuf,
+    ready: Mutex<Vec<Entry>>,
+    next: AtomicU64,
+    /// One fill at a time.
+    filling: tokio::sync::Mutex<()>,
+}
+
+/// One empty sandbox.
+struct Entry {
+    slot: PathBuf,
+    /// The pool's end of the stub's stdin.
+    socket: OwnedFd,
+    launched: Launched,
+}
+
+impl Pool {
+    pub(super) fn new(data_dir: &Path, config: PoolConfig, rt: &ProcessRuntime) -> Option<Self> {
+        Some(Self {
+            inner: Arc::new(Inner {
+                config,
+                isolation: rt.isolation.clone(),
+                hierarchy: rt.cgroups.clone()?,
+                data_dir: data_dir.to_owned(),
+                dir: data_dir.join("pool"),
+                ready: Mutex::new(Vec::new()),
+                next: AtomicU64::new(0),
+                filling: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Removes what earlier gateways' pools left: slots (unmounted) and cgroups that
+    /// no running sandbox uses.
+    pub(super) fn clean_up(&self) {
+        let inner = &self.inner;
+        let Ok(entries) = std::fs::read_dir(&inner.dir) else {
+            return;
+        };
+        for name in entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("pool-"))
+        {
+            let cgroup = Cgroup::open(&inner.hierarchy, &name);
+            if cgroup.is_empty() {
+                release_slot(&inner.dir.join(&name));
+                tokio::spawn(async move {
+                    cgroup.remove_patiently().await;
+                });
+            }
+        }
+    }
+
+    /// How many empty sandboxes are ready.
+    pub(super) fn ready(&self) -> usize {
+        self.inner.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Makes empty sandboxes until `size` are ready.
+    pub(super) async fn fill(&self) {
+        self.inner.clone().fill().await;
+    }
+
+    /// Takes an empty sandbox for `spec`'s tenant, if one is ready and fits; `None`:
+    /// start a new one. A claim that fails half way leaves nothing behind.
+    pub(super) async fn claim(
+        &self,
+        rt: &ProcessRuntime,
+        spec: &SandboxSpec,
+    ) -> Result<Option<Sandbox>, RuntimeError> {
+        let inner = &self.inner;
+        let (Some(limits), Some(program)) = (spec.limits, spec.command.first()) else {
+            return Ok(None);
+        };
+        if spec.network != Network::LoopbackOnly || !inner.can_run(Path::new(program)) {
+            return Ok(None);
+        }
+        let Some(mut entry) = inner.take() else {
+            return Ok(None);
+        };
+        // One gone, one made, in the background.
+        tokio::spawn(inner.clone().fill());
+        match Self::bind(rt, spec, &mut entry, &limits, &inner.config.limits).await {
+            Ok(address) => Ok(Some(rt.supervise(
+                spec,
+                entry.launched,
+                None,
+                address,
+                Some(entry.slot),
+            ))),
+            Err(e) => {
+                entry.discard().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the tenant's workspace, limits, log and agent to an empty sandbox.
+    async fn bind(
+        rt: &ProcessRuntime,
+        spec: &SandboxSpec,
+        entry: &mut Entry,
+        limits: &Limits,
+        pooled_limits: &Limits,
+    ) -> Result<std::net::SocketAddr, RuntimeError> {
+        let Isolation::Namespaces { agent_port, .. } = rt.isolation else {
+            unreachable!("a pool runs namespaced sandboxes only")
+        };
+        let (workspace, log, _) = rt.prepare_workspace(spec).await?;
+        if let Some(cgroup) = &entry.launched.cgroup
+            && limits != pooled_limits
+        {
+            cgroup.set_limits(limits).map_err(RuntimeError::Cgroup)?;
+        }
+        rustix::mount::mount_bind(&workspace, &entry.slot).map_err(|e| {
+            RuntimeError::Spawn(std::io::Error::other(format!(
+                "cannot bind the workspace into a pooled sandbox: {e}"
+            )))
+        })?;
+        let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, agent_port));
+        let claim = Claim {
+            cwd: SANDBOX_HOME.into(),
+            argv: spec.command.clone(),
+            env: rt.agent_env(spec, &workspace, address),
+        };
+        send_claim(&entry.socket, &claim, &log).map_err(RuntimeError::Spawn)?;
+        Ok(address)
+    }
+
+    /// Stops every empty sandbox. With `all_stopped`, no sandbox of this gateway runs
+    /// and the pool's shared mount goes too, unless a slot is still in use.
+    pub(super) async fn drain(&self, all_stopped: bool) {
+        let inner = &self.inner;
+        let _filling = inner.filling.lock().await;
+        let entries = std::mem::take(&mut *inner.ready.lock().unwrap_or_else(|e| e.into_inner()));
+        for entry in entries {
+            entry.discard().await;
+        }
+        let in_use = std::fs::read_dir(&inner.dir)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("pool-")))
+            .unwrap_or(false);
+        if all_stopped && !in_use {
+            let _ = rustix::mount::unmount(&inner.dir, UnmountFlags::DETACH);
+            let _ = std::fs::remove_dir(&inner.dir);
+        }
+    }
+}
+
+impl Inner {
+    /// Whether an agent's program is visible in an empty sandbox.
+    fn can_run(&self, program: &Path) -> bool {
+        let Isolation::Namespaces { ro_paths, .. } = &self.isolation else {
+            return false;
+        };
+        let hidden = ["/tmp", "/root", "/home", "/run"]
+            .iter()
+            .any(|d| program.starts_with(d))
+            || program.starts_with(&self.data_dir);
+        !program.is_absolute()
+            || !hidden
+            || ro_paths
+                .iter()
+                .chain(&self.config.visible)
+                .any(|v| program.starts_with(v))
+    }
+
+    /// An empty sandbox that still runs, if one is ready.
+    fn take(&self) -> Option<Entry> {
+        loop {
+            let mut entry = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if matches!(entry.launched.child.try_wait(), Ok(None)) {
+                return Some(entry);
+            }
+            tokio::spawn(entry.discard());
+        }
+    }
+
+    async fn fill(self: Arc<Self>) {
+        let _filling = self.filling.lock().await;
+        if let Err(e) = self.share_dir() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot set up the pool's shared mount; no pool");
+            return;
+        }
+        while self.ready.lock().unwrap_or_else(|e| e.into_inner()).len() < self.config.size {
+            match self.make().await {
+                Ok(entry) => self.ready.lock().unwrap_or_else(|e| e.into_inner()).push(entry),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make a pooled sandbox");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `<data_dir>/pool` as a shared mount of its own, so mounts on its slots reach
+    /// the sandboxes.
+    fn share_dir(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        if !is_mount_point(&self.dir) {
+            rustix::mount::mount_bind(&self.dir, &self.dir)?;
+        }
+        rustix::mount::mount_change(&self.dir, MountPropagationFlags::SHARED)?;
+        Ok(())
+    }
+
+    /// One empty sandbox: its slot, cgroup and bubblewrap, waiting in the stub.
+    async fn make(&self) -> Result<Entry, RuntimeError> {
+        let Isolation::Namespaces {
+            bwrap,
+            uid,
+            ro_paths,
+            ..
+        } = &self.isolation
+        else {
+            unreachable!("a pool runs namespaced sandboxes only")
+        };
+        // Unique on the host, like every sandbox's cgroup; the slot has the same name.
+        let name = format!(
+            "pool-{}-{}",
+            std::process::id(),
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let slot = self.dir.join(&name);
+        let io = |source| RuntimeError::Workspace {
+            path: slot.clone(),
+            source,
+        };
+        std::fs::create_dir(&slot).map_err(io)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("pool.log"))
+            .map_err(io)?;
+        let log_err = log.try_clone().map_err(io)?;
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| RuntimeError::Spawn(e.into()))?;
+        let mut visible = ro_paths.clone();
+        visible.extend(self.config.visible.iter().cloned());
+        visible.push(self.config.stub.clone());
+        let mut argv = vec![bwrap.to_string_lossy().into_owned()];
+        argv.extend(bwrap_args(&self.data_dir, &slot, *uid, &visible));
+        argv.push(self.config.stub.to_string_lossy().into_owned());
+        argv.push("sandbox-wait".into());
+        let cgroup = match Cgroup::create(&self.hierarchy, &name, &self.config.limits) {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&slot);
+                return Err(RuntimeError::Cgroup(e));
+            }
+        };
+        let launch = LaunchSpec {
+            argv,
+            uid: Some(*uid),
+            env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+            cwd: self.dir.clone(),
+            stdin: Stdio::from(theirs),
+            stdout: log,
+            stderr: log_err,
+        };
+        match ProcessRuntime::launch(&self.isolation, launch, Some(cgroup)).await {
+            Ok(launched) => Ok(Entry {
+                slot,
+                socket: ours,
+                launched,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&slot);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Entry {
+    /// Ends an empty (or half-claimed) sandbox and removes its slot and cgroup.
+    async fn discard(mut self) {
+        drop(self.socket);
+        abandon(self.launched.pid, self.launched.cgroup.as_ref()).await;
+        let _ = self.launched.child.wait().await;
+        release_slot(&self.slot);
+    }
+}
+
+/// Unmounts a slot (on the host, and so in its sandbox) and removes it.
+pub(super) fn release_slot(slot: &Path) {
+    let _ = rustix::mount::unmount(slot, UnmountFlags::DETACH);
+    let _ = std::fs::remove_dir(slot);
+}
+
+/// Whether `path` is where something is mounted, in this mount namespace.
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mount_point| mount_point == wanted)
+}
+
+/// What an empty sandbox becomes.
+#[derive(Debug, PartialEq)]
+struct Claim {
+    cwd: String,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Claim {
+    /// `cwd`, the count of `argv`, `argv`, then `KEY=value` pairs, each ended by NUL
+    /// (which none of them can hold).
+    fn encode(&self) -> Vec<u8> {
+        let mut fields = vec![self.cwd.clone(), self.argv.len().to_string()];
+        fields.extend(self.argv.iter().cloned());
+        fields.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let mut bytes = Vec::new();
+        for field in fields {
+            bytes.extend_from_slice(field.as_bytes());
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> std::io::Result<Self> {
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "a malformed claim");
+        let text = std::str::from_utf8(bytes).map_err(|_| bad())?;
+        let mut fields = text.strip_suffix('\0').ok_or_else(bad)?.split('\0');
+        let cwd = fields.next().ok_or_else(bad)?.to_owned();
+        let argc: usize = fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let argv: Vec<String> = fields.by_ref().take(argc).map(str::to_owned).collect();
+        if argv.len() != argc || argc == 0 {
+            return Err(bad());
+        }
+        let env = fields
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+                Ok((k.to_owned(), v.to_owned()))
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self { cwd, argv, env })
+    }
+}
+
+/// The largest claim a stub reads.
+const MAX_CLAIM: usize = 1 << 20;
+
+fn send_claim(socket: &OwnedFd, claim: &Claim, log: &File) -> std::io::Result<()> {
+    let bytes = claim.encode();
+    if bytes.len() > MAX_CLAIM {
+        return Err(std::io::Error::other("the agent's command and environment are too large"));
+    }
+    let fds = [log.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(socket, &[IoSlice::new(&bytes)], &mut ancillary, SendFlags::empty())?;
+    Ok(())
+}
+
+/// The stub's part (`warren sandbox-wait`, inside an empty sandbox): waits on stdin
+/// for a claim, then moves its output to the log it was given, its working directory
+/// to the workspace, and becomes the agent. Exits quietly when the pool lets go of it
+/// (the end of stdin); returns only an error.
+pub fn await_claim() -> std::io::Error {
+    match receive_claim() {
+        Ok(None) => std::process::exit(0),
+        Ok(Some((claim, log))) => become_agent(claim, log),
+        Err(e) => e,
+    }
+}
+
+fn receive_claim() -> std::io::Result<Option<(Claim, Option<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_CLAIM];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let stdin = std::io::stdin();
+    let received = rustix::net::recvmsg(
+        stdin.as_fd(),
+        &mut [IoSliceMut::new(&mut buf)],
+        &mut ancillary,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if received.bytes == 0 {
+        return Ok(None);
+    }
+    let log = ancillary.drain().find_map(|m| match m {
+        RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+        _ => None,
+    });
+    Ok(Some((Claim::decode(&buf[..received.bytes])?, log)))
+}
+
+fn become_agent(claim: Claim, log: Option<OwnedFd>) -> std::io::Error {
+    let setup = || -> std::io::Result<()> {
+        if let Some(log) = &log {
+            rustix::stdio::dup2_stdout(log)?;
+            rustix::stdio::dup2_stderr(log)?;
+        }
+        rustix::stdio::dup2_stdin(File::open("/dev/null")?)?;
+        std::env::set_current_dir(&claim.cwd)
+    };
+    if let Err(e) = setup() {
+        return e;
+    }
+    drop(log);
+    std::process::Command::new(&claim.argv[0])
+        .args(&claim.argv[1..])
+        .env_clear()
+        .envs(claim.env)
+        .exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_crosses_the_socket_intact_and_malformed_ones_are_refused() {
+        let claim = Claim {
+            cwd: "/home/agent".into(),
+            argv: vec!["/usr/bin/agent".into(), "--port".into(), "".into()],
+            env: vec![("A".into(), "x=y".into()), ("EMPTY".into(), "".into())],
+        };
+        assert_eq!(Claim::decode(&claim.encode()).unwrap(), claim);
+        for bad in [&b""[..], b"/cwd\x00", b"/cwd\x002\x00only-one\x00", b"/cwd\x001\x00a\x00NOEQUALS\x00", b"/cwd\x000\x00"] {
+            assert!(Claim::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
