@@ -85,7 +85,8 @@ impl ProcessRuntime {
     /// Keeps `config.size` empty sandboxes ready (see `pool`). Only namespaced
     /// sandboxes with cgroup limits can be pooled; elsewhere the pool stays empty.
     pub fn with_pool(mut self, config: pool::PoolConfig) -> Self {
-        let usable = matches!(self.isolation, Isolation::Namespaces { .. }) && self.cgroups.is_some();
+        let usable =
+            matches!(self.isolation, Isolation::Namespaces { .. }) && self.cgroups.is_some();
         if config.size > 0 && !usable {
             tracing::warn!("runtime.pool needs namespaced sandboxes and cgroups; no pool");
         }
@@ -345,7 +346,10 @@ impl ProcessRuntime {
         workspace: &Path,
         address: SocketAddr,
     ) -> Vec<(String, String)> {
-        let inside = self.workspace_inside(workspace).to_string_lossy().into_owned();
+        let inside = self
+            .workspace_inside(workspace)
+            .to_string_lossy()
+            .into_owned();
         let mut env = spec.env.clone();
         env.extend([
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
@@ -571,8 +575,7 @@ impl ProcessRuntime {
         let program = spec.command.first().ok_or(RuntimeError::EmptyCommand)?;
         let (workspace, log, log_err) = self.prepare_workspace(spec).await?;
         let log_path = self.layout.agent_log(&spec.tenant);
-        let (argv, address, uid): (Vec<String>, SocketAddr, Option<u32>) = match &self.isolation
-        {
+        let (argv, address, uid): (Vec<String>, SocketAddr, Option<u32>) = match &self.isolation {
             Isolation::None => {
                 let port = free_loopback_port().map_err(RuntimeError::Spawn)?;
                 (

@@ -36,9 +36,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
-use super::{
-    Isolation, LaunchSpec, Launched, ProcessRuntime, SANDBOX_HOME, abandon, bwrap_args,
-};
+use super::{Isolation, LaunchSpec, Launched, ProcessRuntime, SANDBOX_HOME, abandon, bwrap_args};
 use crate::cgroup::{Cgroup, Hierarchy, Limits};
 use crate::{Network, RuntimeError, Sandbox, SandboxSpec};
 
@@ -122,7 +120,11 @@ impl Pool {
 
     /// How many empty sandboxes are ready.
     pub(super) fn ready(&self) -> usize {
-        self.inner.ready.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Makes empty sandboxes until `size` are ready.
@@ -206,7 +208,10 @@ impl Pool {
             entry.discard().await;
         }
         let in_use = std::fs::read_dir(&inner.dir)
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("pool-")))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("pool-"))
+            })
             .unwrap_or(false);
         if all_stopped && !in_use {
             let _ = rustix::mount::unmount(&inner.dir, UnmountFlags::DETACH);
@@ -252,7 +257,11 @@ impl Inner {
         }
         while self.ready.lock().unwrap_or_else(|e| e.into_inner()).len() < self.config.size {
             match self.make().await {
-                Ok(entry) => self.ready.lock().unwrap_or_else(|e| e.into_inner()).push(entry),
+                Ok(entry) => self
+                    .ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(entry),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot make a pooled sandbox");
                     return;
@@ -422,13 +431,20 @@ const MAX_CLAIM: usize = 1 << 20;
 fn send_claim(socket: &OwnedFd, claim: &Claim, log: &File) -> std::io::Result<()> {
     let bytes = claim.encode();
     if bytes.len() > MAX_CLAIM {
-        return Err(std::io::Error::other("the agent's command and environment are too large"));
+        return Err(std::io::Error::other(
+            "the agent's command and environment are too large",
+        ));
     }
     let fds = [log.as_fd()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut ancillary = SendAncillaryBuffer::new(&mut space);
     ancillary.push(SendAncillaryMessage::ScmRights(&fds));
-    rustix::net::sendmsg(socket, &[IoSlice::new(&bytes)], &mut ancillary, SendFlags::empty())?;
+    rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(&bytes)],
+        &mut ancillary,
+        SendFlags::empty(),
+    )?;
     Ok(())
 }
 
@@ -497,7 +513,13 @@ mod tests {
             env: vec![("A".into(), "x=y".into()), ("EMPTY".into(), "".into())],
         };
         assert_eq!(Claim::decode(&claim.encode()).unwrap(), claim);
-        for bad in [&b""[..], b"/cwd\x00", b"/cwd\x002\x00only-one\x00", b"/cwd\x001\x00a\x00NOEQUALS\x00", b"/cwd\x000\x00"] {
+        for bad in [
+            &b""[..],
+            b"/cwd\x00",
+            b"/cwd\x002\x00only-one\x00",
+            b"/cwd\x001\x00a\x00NOEQUALS\x00",
+            b"/cwd\x000\x00",
+        ] {
             assert!(Claim::decode(bad).is_err(), "{bad:?}");
         }
     }

@@ -74,7 +74,9 @@ fn isolation(config: &Config) -> anyhow::Result<Isolation> {
 /// The warm pool of the process runtime: the usual instance type's limits, the warren
 /// binary as the stub that waits for a claim, the agent's program made visible.
 fn pool_config(config: &Config) -> anyhow::Result<PoolConfig> {
-    let size = config.instance_size(&config.instance_type).unwrap_or(INSTANCE_TYPES[0].1);
+    let size = config
+        .instance_size(&config.instance_type)
+        .unwrap_or(INSTANCE_TYPES[0].1);
     let program = agent_command(config)?
         .first()
         .map(std::path::PathBuf::from)

@@ -130,3 +130,72 @@ async fn a_scheduled_prewarm_starts_a_tiers_sandboxes_while_slots_are_free() {
     assert_eq!(gw.state("user_c").await, "asleep", "c is in no tier");
     assert!(gw.get("/readyz").await.json()["sandboxes_running"] == 2);
 }
+
+/// The warren cgroup (`warren/<name>`) process `pid` is in, by its memory controller.
+fn cgroup_of(pid: u32) -> String {
+    let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = listing
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "memory"))
+        })
+        .or_else(|| listing.lines().find(|l| l.starts_with("0::")))
+        .unwrap();
+    let path = line.splitn(3, ':').nth(2).unwrap();
+    path.split("/warren/").nth(1).unwrap_or(path).to_owned()
+}
+
+/// The memory limit of the cgroup `warren/<name>`, in bytes (v1 or v2).
+fn memory_limit(name: &str) -> u64 {
+    let v1 = format!("/sys/fs/cgroup/memory/warren/{name}/memory.limit_in_bytes");
+    let v2 = format!("/sys/fs/cgroup/warren/{name}/memory.max");
+    let text = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2));
+    text.unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_claim_pooled_sandboxes_the_pool_refills_and_leaves_nothing_behind() {
+    let mut gw = Gateway::start(
+        "[runtime]\npool = 2\n\
+         [tenants.user_b]\ninstance_type = \"lite\"\n\
+         [tenants.user_c]\nnetwork = \"outbound\"",
+    );
+    gw.wait_for_pool(2);
+    // a's sandbox was one of the pool's: its cgroup says so, and what the agent writes
+    // to its workspace lands in the tenant's workspace on the host.
+    let mut ws = gw.ws("user_a").await;
+    assert_eq!(
+        harness::echo(&mut ws, "from a pooled sandbox").await,
+        "from a pooled sandbox"
+    );
+    let a = cgroup_of(gw.agent_pid("user_a").await);
+    assert!(a.starts_with("pool-"), "{a}");
+    let history = gw.data_dir().join("tenants/user_a/workspace/history.jsonl");
+    let written = std::fs::read_to_string(&history).unwrap();
+    assert!(written.contains("from a pooled sandbox"), "{written}");
+    tokio::task::block_in_place(|| gw.wait_for_pool(2));
+
+    // b's instance type is not the pool's: the claimed sandbox gets b's limits.
+    assert_eq!(gw.get_as("user_b", "/api/history").await.status, 200);
+    let b = cgroup_of(gw.agent_pid("user_b").await);
+    assert!(b.starts_with("pool-"), "{b}");
+    assert_eq!(memory_limit(&b), 256 << 20, "lite's 256 MiB");
+    // c may reach the outside world: a sandbox of its own, made for it.
+    assert_eq!(gw.get_as("user_c", "/api/history").await.status, 200);
+    let c = cgroup_of(gw.agent_pid("user_c").await);
+    assert!(c.starts_with("user_c-"), "{c}");
+
+    // A stop of everything takes the pool with it: no slot, no mount, no cgroup.
+    let pool = gw.data_dir().join("pool");
+    tokio::task::block_in_place(|| gw.shut_down());
+    assert!(!pool.exists(), "the slots' directory is gone");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(pool.to_str().unwrap()), "{mounts}");
+    for name in [a, b] {
+        let gone = !std::path::Path::new(&format!("/sys/fs/cgroup/memory/warren/{name}")).exists()
+            && !std::path::Path::new(&format!("/sys/fs/cgroup/warren/{name}")).exists();
+        assert!(gone, "cgroup {name} is left");
+    }
+}

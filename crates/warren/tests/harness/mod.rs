@@ -275,7 +275,10 @@ impl Gateway {
             if readyz["pool_ready"].as_u64() == Some(ready) {
                 return;
             }
-            assert!(Instant::now() < deadline, "the pool never held {ready}: {answer}");
+            assert!(
+                Instant::now() < deadline,
+                "the pool never held {ready}: {answer}"
+            );
             std::thread::sleep(POLL);
         }
     }
