@@ -5,11 +5,12 @@
 //! With `Isolation::Namespaces` (the default) the agent runs under bubblewrap, as an
 //! unprivileged user (`sandbox_uid`, no capabilities), in its own user, mount, PID,
 //! IPC, UTS, cgroup and network namespaces: it sees the system read-only, its own
-//! workspace read-write (also its `HOME`), its own empty `/tmp`, `/root`, `/home` and
+//! workspace read-write at `/home/agent` (also its `HOME`), its own empty `/tmp`, `/root`, `/home` and
 //! `/run`, none of the data dir (other tenants, the state database, the secrets), and
 //! only its own loopback, where it listens on `agent_port`; the gateway connects into
 //! that namespace (`netns`). With `Isolation::None` the agent is a plain process on a
-//! free host port (for development on machines without user namespaces).
+//! free host port (for development on machines without user namespaces). With a warm
+//! pool (`pool`), a start claims an empty namespaced sandbox made beforehand.
 //!
 //! ```text
 //! <data_dir>/tenants/<tenant>/workspace/   the agent's working directory and HOME
