@@ -375,7 +375,13 @@ fn is_mount_point(path: &Path) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
-    let wanted = path.to_string_lossy();
+    // The table escapes spaces, tabs, newlines and backslashes in octal.
+    let wanted = path
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
     table
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -504,6 +510,13 @@ fn become_agent(claim: Claim, log: Option<OwnedFd>) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_told_from_plain_directories() {
+        assert!(is_mount_point(Path::new("/proc")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_mount_point(dir.path()));
+    }
 
     #[test]
     fn a_claim_crosses_the_socket_intact_and_malformed_ones_are_refused() {
