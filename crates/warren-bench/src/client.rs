@@ -63,7 +63,21 @@ impl HttpConn {
         if let Some(cookie) = cookie {
             request = request.header(header::COOKIE, cookie);
         }
-        let request = request.body(Full::new(body))?;
+        self.send(request.body(Full::new(body))?).await
+    }
+
+    /// `GET path` with `Authorization: Bearer <token>` (the admin API, `/metrics`).
+    pub async fn get_as_admin(&mut self, path: &str, token: &str) -> anyhow::Result<Answer> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, &self.host)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))?;
+        self.send(request).await
+    }
+
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> anyhow::Result<Answer> {
         self.sender.ready().await.context("the connection closed")?;
         let response = self.sender.send_request(request).await?;
         let (parts, body) = response.into_parts();

@@ -238,6 +238,20 @@ impl Gateway {
         settings: &str,
         tables: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(warren, dir, max_instances, settings, tables, &[]).await
+    }
+
+    /// As `start_with`, with `env` set for the gateway (secrets that config files never
+    /// hold, such as the S3 credentials). The config is written anew each time, so a
+    /// gateway on the data dir an earlier one left can have other settings.
+    pub async fn start_with_env(
+        warren: &Path,
+        dir: &Path,
+        max_instances: usize,
+        settings: &str,
+        tables: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(
             dir.join("warren.toml"),
@@ -252,7 +266,7 @@ impl Gateway {
             ),
         )?;
         let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        Self::start_in(warren, dir, Listen::At(any_port), "gateway.log").await
+        Self::launch(warren, dir, Listen::At(any_port), "gateway.log", env).await
     }
 
     /// Starts `warren serve` on the config and data dir a gateway started in `dir` left
@@ -264,6 +278,16 @@ impl Gateway {
         dir: &Path,
         listen: Listen,
         log: &str,
+    ) -> anyhow::Result<Self> {
+        Self::launch(warren, dir, listen, log, &[]).await
+    }
+
+    async fn launch(
+        warren: &Path,
+        dir: &Path,
+        listen: Listen,
+        log: &str,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let data_dir = dir.join("data");
         let mut command = Command::new(warren);
@@ -280,6 +304,7 @@ impl Gateway {
             .arg(&data_dir)
             .env_remove("WARREN_SIGNING_SECRET")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped());
         let spawned = Instant::now();
         let mut process = Spawned::spawn("warren serve", command, &dir.join(log))?;
@@ -350,6 +375,23 @@ impl Gateway {
             leaked: leaked.len(),
             log_lines: log.lines().map(str::to_owned).collect(),
         })
+    }
+
+    /// `GET path` with the admin token the gateway generated (`<data_dir>/admin-token`):
+    /// the admin API, `/metrics`. Fails unless it answers 200.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<bytes::Bytes> {
+        let token_file = self.data_dir.join("admin-token");
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("cannot read {}", token_file.display()))?;
+        let mut conn = HttpConn::connect(self.address).await?;
+        let answer = conn.get_as_admin(path, token.trim()).await?;
+        ensure!(
+            answer.status == http::StatusCode::OK,
+            "GET {path} answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+        Ok(answer.body)
     }
 
     /// The `Cookie` header value a browser holds after its first signed URL.

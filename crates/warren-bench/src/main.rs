@@ -1,7 +1,8 @@
 //! `warren-bench`: the project's benchmark (`scripts/bench` builds and runs it).
 //!
 //! It measures the numbers DESIGN.md sets goals for, on this machine, against real
-//! processes on 127.0.0.1: the cold start of sleeping tenants, phase by phase, and the
+//! processes on 127.0.0.1: the cold start of sleeping tenants, phase by phase (also with
+//! a 10 MiB workspace on local disk or only in S3, without and with the warm pool), and the
 //! proxy's latency and throughput side by side with nginx in front of the same agent,
 //! and the store: bytes and time for a small change next to rsync and restic, the RPO
 //! under a steady writer, a sweep of many tenants, and a full restore; and the two
@@ -20,6 +21,7 @@ use clap::{Parser, ValueEnum};
 mod anchors;
 mod client;
 mod cold_start;
+mod cold_start_phases;
 mod launch;
 mod load;
 mod nginx;
@@ -33,7 +35,7 @@ mod upgrade;
 #[derive(Parser)]
 #[command(
     name = "warren-bench",
-    about = "Benchmark warren: cold starts, its proxy next to nginx, its store next to rsync and restic, its runtimes side by side, upgrades and restarts"
+    about = "Benchmark warren: cold starts (also from S3 and with the warm pool), its proxy next to nginx, its store next to rsync and restic, its runtimes side by side, upgrades and restarts"
 )]
 struct Args {
     /// The warren binary (a release build).
@@ -54,6 +56,13 @@ struct Args {
     /// `max_instances` of the at-capacity run.
     #[arg(long, default_value_t = 4)]
     capacity: usize,
+    /// Timed starts in each case of the 10 MiB workspace run (cold-start-phases), after
+    /// one untimed warm-up start.
+    #[arg(long, default_value_t = 100)]
+    phase_users: usize,
+    /// The warm pool's size in the cases of that run that have one.
+    #[arg(long, default_value_t = 2)]
+    pool: usize,
     /// Rounds of the proxy comparison; each measures every metric on every target.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -119,6 +128,7 @@ struct Args {
 enum Only {
     All,
     ColdStart,
+    ColdStartPhases,
     Proxy,
     Store,
     Runtimes,
@@ -193,6 +203,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if let Some(run) = outcome(title, run, &mut failed) {
                 report::cold_start(title, &run);
             }
+        }
+    }
+
+    if matches!(args.only, Only::All | Only::ColdStartPhases) {
+        let settings = cold_start_phases::Settings {
+            users: args.phase_users,
+            pool: args.pool,
+        };
+        let run = cold_start_phases::run(&warren, &dir.join("phases"), &settings).await;
+        let title = report::PHASES_TITLE;
+        if let Some(run) = outcome(title, run, &mut failed) {
+            report::cold_start_phases(&run);
         }
     }
 

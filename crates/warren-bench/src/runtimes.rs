@@ -223,10 +223,10 @@ async fn measure(
         .context("the warm-up start")?;
     let mut columns: [Vec<Duration>; 3] = Default::default();
     for i in 1..settings.sandboxes {
-        let (total, [_, create, boot]) = first_request(&gateway, &format!("user_start{i:04}"))
+        let (total, phases) = first_request(&gateway, &format!("user_start{i:04}"))
             .await
             .with_context(|| format!("{}: first request of user {i}", kind.name()))?;
-        for (column, value) in columns.iter_mut().zip([total, create, boot]) {
+        for (column, value) in columns.iter_mut().zip([total, phases.create, phases.boot]) {
             column.push(value);
         }
     }
@@ -270,10 +270,10 @@ async fn measure(
     let mut stops = Vec::new();
     for i in 1..=settings.stops {
         tokio::time::sleep(QUIET).await;
-        let (_, [admission, _, _]) = first_request(&gateway, &format!("user_stop{i:04}"))
+        let (_, phases) = first_request(&gateway, &format!("user_stop{i:04}"))
             .await
             .with_context(|| format!("{}: start {i} at capacity", kind.name()))?;
-        stops.push(admission);
+        stops.push(phases.admission);
     }
     let stop_data = gateway.data_dir.clone();
     let stopped_one = gateway.stop().await?;

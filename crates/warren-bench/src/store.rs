@@ -149,7 +149,7 @@ fn default_settings() -> SyncSettings {
     }
 }
 
-fn engine(store: Store, data_dir: &Path) -> (Arc<SyncEngine>, Layout) {
+pub fn engine(store: Store, data_dir: &Path) -> (Arc<SyncEngine>, Layout) {
     let layout = Layout::new(data_dir);
     let engine = SyncEngine::new(
         store,
@@ -160,7 +160,7 @@ fn engine(store: Store, data_dir: &Path) -> (Arc<SyncEngine>, Layout) {
     (engine, layout)
 }
 
-fn tenant(id: &str) -> anyhow::Result<TenantId> {
+pub fn tenant(id: &str) -> anyhow::Result<TenantId> {
     TenantId::parse(id).map_err(|e| anyhow::anyhow!("{id}: {e:?}"))
 }
 
@@ -176,11 +176,7 @@ pub async fn run(
         "the workspace needs files of at least {} bytes",
         2 * CHANGE_BYTES
     );
-    ensure!(
-        on_path("moto_server"),
-        "moto_server is not on PATH: install it with `pip install 'moto[server]'` \
-         (scripts/bench does)"
-    );
+    require_moto()?;
     std::fs::create_dir_all(dir)?;
     let versions = vec![
         ("rsync", anchors::first_line(rsync, "--version").await?),
@@ -286,7 +282,7 @@ async fn change(
 }
 
 /// `files` files of random bytes, spread over `dirs` directories.
-fn write_workspace(root: &Path, s: Shape) -> anyhow::Result<()> {
+pub fn write_workspace(root: &Path, s: Shape) -> anyhow::Result<()> {
     let mut content = vec![0u8; s.file_bytes];
     for i in 0..s.files {
         let dir = root.join(format!("dir{:02}", i % s.dirs));
@@ -357,31 +353,55 @@ async fn restore(store: Store, data_dir: &Path) -> anyhow::Result<(Duration, u64
     Ok((time, dir_bytes(&layout.workspace(&tenant))?))
 }
 
-/// The same kind of workspace, synced to moto's S3 server, then restored.
-async fn restore_from_s3(dir: &Path, shape: Shape) -> anyhow::Result<Restore> {
-    let bucket = "warren-bench";
+/// The bucket every S3 run of the benchmark uses, in a moto of its own.
+pub const BUCKET: &str = "warren-bench";
+/// The credentials given to moto (it accepts any): to the library here, and to a
+/// gateway in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+pub const S3_KEY: &str = "test";
+
+/// Fails early, before a long run, if moto's S3 server is not installed.
+pub fn require_moto() -> anyhow::Result<()> {
+    ensure!(
+        on_path("moto_server"),
+        "moto_server is not on PATH: install it with `pip install 'moto[server]'` \
+         (scripts/bench does)"
+    );
+    Ok(())
+}
+
+/// Starts moto's S3 server on 127.0.0.1 with `BUCKET` in it; dropping it stops moto.
+pub async fn start_moto() -> anyhow::Result<Moto> {
+    require_moto()?;
     // Moto's start and bucket creation block; on a panic, drop stops moto.
-    let moto = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(|| {
         let moto = Moto::start();
-        moto.create_bucket(bucket);
+        moto.create_bucket(BUCKET);
         moto
     })
     .await
-    .context("cannot start moto_server")?;
-    let store = || {
-        Store::s3(
-            &S3Options {
-                endpoint: Some(format!("http://{}", moto.addr)),
-                region: "us-east-1".into(),
-                bucket: bucket.into(),
-                access_key_id: Some("test".into()),
-                secret_access_key: Some(warren_core::Secret::new("test")),
-                allow_http: true,
-                request_timeout: Duration::from_secs(30),
-            },
-            "",
-        )
-    };
+    .context("cannot start moto_server")
+}
+
+/// `BUCKET` in `moto`, as a store of the library.
+pub fn moto_store(moto: &Moto) -> anyhow::Result<Store> {
+    Ok(Store::s3(
+        &S3Options {
+            endpoint: Some(format!("http://{}", moto.addr)),
+            region: "us-east-1".into(),
+            bucket: BUCKET.into(),
+            access_key_id: Some(S3_KEY.into()),
+            secret_access_key: Some(warren_core::Secret::new(S3_KEY)),
+            allow_http: true,
+            request_timeout: Duration::from_secs(30),
+        },
+        "",
+    )?)
+}
+
+/// The same kind of workspace, synced to moto's S3 server, then restored.
+async fn restore_from_s3(dir: &Path, shape: Shape) -> anyhow::Result<Restore> {
+    let moto = start_moto().await?;
+    let store = || moto_store(&moto);
     // A data dir of its own: one already synced to another store would upload only
     // what changed.
     let (engine, layout) = engine(store()?, &dir.join("s3-data"));

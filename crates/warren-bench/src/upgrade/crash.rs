@@ -131,8 +131,8 @@ async fn answered(
                 None => Answer::Ready,
                 Some(timing) => {
                     let timing = timing.to_str().unwrap_or_default();
-                    let [_, create, boot] = phases(timing)?;
-                    if create.is_zero() && boot.is_zero() {
+                    let p = phases(timing)?;
+                    if p.create.is_zero() && p.boot.is_zero() {
                         Answer::WaitedForAdoption
                     } else {
                         Answer::Started
