@@ -51,6 +51,10 @@ pub struct Settings {
     pub users: usize,
     /// The pool size of the cases with a pool.
     pub pool: usize,
+    /// Quiet time before each start (after the pool is full again), so that nothing
+    /// the previous start set off in the background (its workspace's sync) overlaps
+    /// the next; zero by default: one start right after another.
+    pub pause: Duration,
 }
 
 /// The phases `/metrics` histograms, in its label values.
@@ -79,6 +83,9 @@ pub struct Case {
     pub boot: Samples,
     /// Client time not covered by the four phases: proxying, first byte, parsing.
     pub rest: Samples,
+    /// Each start's total less its restore phase: the start if the store answered at
+    /// once.
+    pub without_restore: Samples,
     /// With a pool: from the answer until `/readyz` showed the pool full again.
     pub refill_after_answer: Samples,
     /// The same, counted from the end of the claim (the create phase): boot + rest +
@@ -98,6 +105,7 @@ pub struct Case {
 
 pub struct PhasesRun {
     pub users: usize,
+    pub pause: Duration,
     /// Putting every tenant's first snapshot in the store, before the cases.
     pub seeded: Duration,
     pub tenants: usize,
@@ -139,15 +147,23 @@ pub async fn run(warren: &Path, dir: &Path, s: &Settings) -> anyhow::Result<Phas
             },
             tenants.len()
         );
-        let case = measure(warren, dir, &moto, &tenants, number, from_store, pool)
-            .await
-            .with_context(|| format!("case {number}"))?;
+        let case = measure(
+            warren,
+            dir,
+            &moto,
+            &tenants,
+            (number, from_store, pool),
+            s.pause,
+        )
+        .await
+        .with_context(|| format!("case {number}"))?;
         cases.push(case);
     }
 
     drop(moto);
     Ok(PhasesRun {
         users: s.users,
+        pause: s.pause,
         seeded,
         tenants: tenants.len(),
         cases,
@@ -197,9 +213,8 @@ async fn measure(
     dir: &Path,
     moto: &Moto,
     tenants: &[TenantId],
-    number: usize,
-    from_store: bool,
-    pool: usize,
+    (number, from_store, pool): (usize, bool, usize),
+    pause: Duration,
 ) -> anyhow::Result<Case> {
     let layout = Layout::new(&dir.join("data"));
     let snapshots_before = snapshots(moto, dir, tenants).await?;
@@ -234,9 +249,11 @@ async fn measure(
 
     let mut columns = Columns::default();
     let (mut after_answer, mut after_claim) = (Vec::new(), Vec::new());
+    let mut without_restore = Vec::new();
     let mut warm_up = Duration::ZERO;
     let mut phase_sums = Phases::default();
     for (i, tenant) in tenants.iter().enumerate() {
+        tokio::time::sleep(pause).await;
         let workspace = layout.workspace(tenant);
         let before = std::fs::metadata(&workspace).ok().map(|m| m.ino());
         ensure!(
@@ -270,6 +287,7 @@ async fn measure(
             continue;
         }
         columns.push(total, &phases);
+        without_restore.push(total.saturating_sub(phases.restore));
         if pool > 0 {
             let claimed = phases.admission + phases.restore + phases.create;
             after_answer.push(refill);
@@ -291,6 +309,7 @@ async fn measure(
         create,
         boot,
         rest,
+        without_restore: Samples::new(without_restore),
         refill_after_answer: Samples::new(after_answer),
         refill_after_claim: Samples::new(after_claim),
         warm_up,

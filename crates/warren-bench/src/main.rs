@@ -63,6 +63,9 @@ struct Args {
     /// The warm pool's size in the cases of that run that have one.
     #[arg(long, default_value_t = 2)]
     pool: usize,
+    /// Milliseconds of quiet before each start of that run (0: one right after another).
+    #[arg(long, default_value_t = 0)]
+    phase_pause_ms: u64,
     /// Rounds of the proxy comparison; each measures every metric on every target.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -210,6 +213,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let settings = cold_start_phases::Settings {
             users: args.phase_users,
             pool: args.pool,
+            pause: Duration::from_millis(args.phase_pause_ms),
         };
         let run = cold_start_phases::run(&warren, &dir.join("phases"), &settings).await;
         let title = report::PHASES_TITLE;

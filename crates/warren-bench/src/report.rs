@@ -231,11 +231,15 @@ pub fn cold_start_phases(run: &PhasesRun) {
          untimed warm-up start (the gateway's first), then {n} tenants one after another, each \
          one's first request (`POST /echo`) timed by the client; phases from the gateway's \
          `Server-Timing`; with the pool, each start begins once `/readyz` shows the pool full \
-         again. Every start was checked: a local workspace kept (the same directory), a \
+         again{}. Every start was checked: a local workspace kept (the same directory), a \
          restored one complete. p99 is nearest-rank: of {n} samples, {}.\n",
         run.tenants,
         WORKSPACE.describe(),
         run.seeded.as_secs_f64(),
+        match run.pause.is_zero() {
+            true => String::new(),
+            false => format!(", then {} ms of quiet", run.pause.as_millis()),
+        },
         p99_rank(n)
     );
 
@@ -356,6 +360,12 @@ pub fn cold_start_phases(run: &PhasesRun) {
             &c.total,
         );
         println!("- {}", overhead_goal(&c.total));
+        println!(
+            "- each start less its restore phase (as if the store answered at once): p50 {} ms, \
+             p99 {} ms",
+            ms(c.without_restore.percentile(0.5)),
+            ms(c.without_restore.percentile(0.99))
+        );
         if c.pool > 0 {
             println!(
                 "- pool claim (the create phase) p50 ≤ {} ms: {} ({} ms)",
