@@ -68,19 +68,37 @@ pub async fn materialize(
         .try_collect::<Vec<()>>()
         .await?;
     for entry in manifest.entries.iter().filter(|e| e.kind == Kind::Symlink) {
-        std::os::unix::fs::symlink(
-            entry.target.as_deref().unwrap_or_default(),
-            dest.join(&entry.path),
-        )?;
+        let path = dest.join(&entry.path);
+        std::os::unix::fs::symlink(entry.target.as_deref().unwrap_or_default(), &path)?;
+        set_mtime_no_follow(&path, entry.mtime_ns)?;
     }
-    // Directory modes last, so a read-only directory does not block its own contents.
-    for entry in manifest.entries.iter().filter(|e| e.kind == Kind::Dir) {
-        std::fs::set_permissions(
-            dest.join(&entry.path),
-            std::fs::Permissions::from_mode(entry.mode & 0o1777),
-        )?;
+    // Directories last, children before parents: their times once nothing more is
+    // made in them, their modes so a read-only directory does not block its contents.
+    // With every time as captured, the next capture sees the snapshot unchanged.
+    for entry in manifest.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+        let path = dest.join(&entry.path);
+        set_mtime_no_follow(&path, entry.mtime_ns)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode & 0o1777))?;
     }
     Ok(manifest)
+}
+
+/// Sets the modification time of `path` itself (a symlink's own, not its target's).
+fn set_mtime_no_follow(path: &Path, mtime_ns: i64) -> std::io::Result<()> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mtime = TimeSpec::new(
+        mtime_ns.div_euclid(1_000_000_000),
+        mtime_ns.rem_euclid(1_000_000_000),
+    );
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Writes a restored file: content, then times (through the handle still writable),

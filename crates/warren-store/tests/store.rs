@@ -80,6 +80,10 @@ async fn a_synced_workspace_restores_on_a_fresh_machine() {
 
         // A warm restart costs nothing: the local copy already matches.
         assert_eq!(second.engine.prepare(&t).await.unwrap(), Prepared::Current);
+        // Nor does the sync after a restore: times are as captured, so the restored
+        // tree is the snapshot, and no new one is made.
+        let after = second.engine.sync(&t, None).await.unwrap();
+        assert!(!after.created && after.bytes_uploaded == 0, "{}: {after:?}", backend.name());
         // And the other tenant has nothing.
         assert_eq!(
             second.engine.prepare(&tenant("user_b")).await.unwrap(),
