@@ -146,6 +146,7 @@ fn default_settings() -> SyncSettings {
             daily_for: r.daily_for.0,
             gc_grace: r.gc_grace.0,
         },
+        single_writer: sync.single_writer,
     }
 }
 

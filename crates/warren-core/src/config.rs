@@ -380,6 +380,11 @@ pub struct SyncConfig {
     pub safety_interval: ConfigDuration,
     /// Chunk uploads (and downloads) in flight per sync.
     pub upload_concurrency: usize,
+    /// This gateway is the only one writing its tenants' snapshots to the store: a
+    /// start then skips asking the store whether the local copy is current, when this
+    /// gateway last saw that it was. Leave off when tenants move between gateways that
+    /// share a store.
+    pub single_writer: bool,
 }
 
 impl Default for SyncConfig {
@@ -389,6 +394,7 @@ impl Default for SyncConfig {
             max_delay: ConfigDuration(Duration::from_millis(500)),
             safety_interval: ConfigDuration(Duration::from_secs(60)),
             upload_concurrency: 8,
+            single_writer: false,
         }
     }
 }

@@ -38,6 +38,10 @@ pub struct SyncSettings {
     pub safety_interval: Duration,
     pub upload_concurrency: usize,
     pub retention: RetentionPolicy,
+    /// This engine is the only writer of its tenants' snapshots (one gateway per
+    /// store): a start need not ask the store whether the local copy is current when
+    /// this engine last saw that it was.
+    pub single_writer: bool,
 }
 
 /// What `/api/status` and the CLI show of a tenant's sync.
@@ -56,6 +60,19 @@ pub struct SyncStatus {
 struct TenantSync {
     lock: tokio::sync::Mutex<()>,
     status: Mutex<SyncStatus>,
+    /// The store's newest snapshot (`Some(None)`: none) as this engine last listed or
+    /// wrote it; `None` until it has, and after a failed sync.
+    head_seen: Mutex<Option<Option<u64>>>,
+}
+
+impl TenantSync {
+    fn saw_head(&self, head: Option<Option<u64>>) {
+        *self.head_seen.lock().unwrap_or_else(|e| e.into_inner()) = head;
+    }
+
+    fn head_seen(&self) -> Option<Option<u64>> {
+        *self.head_seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What `prepare` did before a start.
@@ -185,6 +202,9 @@ impl SyncEngine {
         )
         .await;
         let now = unix_ms();
+        // A successful sync compared the copy with the head, or wrote the next one.
+        self.tenant(tenant)
+            .saw_head(result.as_ref().ok().map(|r| r.seq));
         self.update(tenant, |s| match &result {
             Ok(report) => {
                 s.seq = report.seq;
@@ -218,6 +238,12 @@ impl SyncEngine {
         let workspace = self.layout.workspace(tenant);
         let state_path = self.layout.sync_state(tenant);
         let local = LocalState::load(&state_path);
+        // The copy matches the head this engine itself last listed or wrote: with no
+        // other writer, no need to ask the store again. Were there one after all, the
+        // next sync would refuse the stale copy (`Diverged`) and keep it locally.
+        if self.settings.single_writer && workspace.exists() && t.head_seen() == Some(local.seq) {
+            return Ok(Prepared::Current);
+        }
         let seqs = match self.store.snapshot_seqs(tenant).await {
             Ok(seqs) => seqs,
             // The store is down: a local copy is the best there is; without one we
@@ -228,6 +254,7 @@ impl SyncEngine {
             }
             Err(e) => return Err(e),
         };
+        t.saw_head(Some(seqs.last().copied()));
         let Some(&head) = seqs.last() else {
             std::fs::create_dir_all(&workspace)?;
             return Ok(Prepared::Current);

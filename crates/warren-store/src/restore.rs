@@ -75,7 +75,12 @@ pub async fn materialize(
     // Directories last, children before parents: their times once nothing more is
     // made in them, their modes so a read-only directory does not block its contents.
     // With every time as captured, the next capture sees the snapshot unchanged.
-    for entry in manifest.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+    for entry in manifest
+        .entries
+        .iter()
+        .rev()
+        .filter(|e| e.kind == Kind::Dir)
+    {
         let path = dest.join(&entry.path);
         set_mtime_no_follow(&path, entry.mtime_ns)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode & 0o1777))?;

@@ -83,7 +83,11 @@ async fn a_synced_workspace_restores_on_a_fresh_machine() {
         // Nor does the sync after a restore: times are as captured, so the restored
         // tree is the snapshot, and no new one is made.
         let after = second.engine.sync(&t, None).await.unwrap();
-        assert!(!after.created && after.bytes_uploaded == 0, "{}: {after:?}", backend.name());
+        assert!(
+            !after.created && after.bytes_uploaded == 0,
+            "{}: {after:?}",
+            backend.name()
+        );
         // And the other tenant has nothing.
         assert_eq!(
             second.engine.prepare(&tenant("user_b")).await.unwrap(),
@@ -541,6 +545,33 @@ async fn unsynced_local_changes_are_kept_aside_when_the_store_is_newer() {
         panic!("expected a restore that keeps the local copy aside");
     };
     assert_eq!(std::fs::read(kept.join("x")).unwrap(), b"local only");
+    assert_eq!(std::fs::read(a.workspace(&t).join("x")).unwrap(), b"2");
+}
+
+#[tokio::test]
+async fn a_single_writer_starts_from_its_own_copy_without_asking_the_store() {
+    let backend = Backend::local();
+    let t = tenant("user_a");
+    let a = Machine::with_settings(&backend, "gw-a", |s| s.single_writer = true);
+    let b = Machine::new(&backend, "gw-b");
+    write_files(&a.workspace(&t), &[("x", b"1")]);
+    a.engine.sync(&t, None).await.unwrap();
+    // a wrote the head itself: its copy is current, and it does not ask.
+    assert_eq!(a.engine.prepare(&t).await.unwrap(), Prepared::Current);
+    // A second writer breaks the promise: a does not see it at start, and its next
+    // sync refuses to roll the tenant back, keeping its copy.
+    b.engine.prepare(&t).await.unwrap();
+    write_files(&b.workspace(&t), &[("x", b"2")]);
+    b.engine.sync(&t, None).await.unwrap();
+    assert_eq!(a.engine.prepare(&t).await.unwrap(), Prepared::Current);
+    write_files(&a.workspace(&t), &[("x", b"3")]);
+    let err = a.engine.sync(&t, None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Diverged { .. }), "{err}");
+    // Having failed, it asks again at the next start, and restores the head.
+    assert!(matches!(
+        a.engine.prepare(&t).await.unwrap(),
+        Prepared::Restored { seq: 2, .. }
+    ));
     assert_eq!(std::fs::read(a.workspace(&t).join("x")).unwrap(), b"2");
 }
 

@@ -130,6 +130,7 @@ pub fn sync_engine(config: &Config, writer: &str) -> anyhow::Result<Arc<SyncEngi
             daily_for: r.daily_for.0,
             gc_grace: r.gc_grace.0,
         },
+        single_writer: config.sync.single_writer,
     };
     Ok(SyncEngine::new(
         store(config)?,

@@ -124,6 +124,7 @@ pub fn settings(retention: RetentionPolicy) -> SyncSettings {
         safety_interval: Duration::from_secs(30),
         upload_concurrency: 8,
         retention,
+        single_writer: false,
     }
 }
 
@@ -150,14 +151,24 @@ impl Machine {
     }
 
     pub fn with_retention(backend: &Backend, writer: &str, retention: RetentionPolicy) -> Self {
+        Self::with_settings_of(backend, writer, settings(retention))
+    }
+
+    /// A machine whose sync settings are the tests' own, changed by `change`.
+    pub fn with_settings(
+        backend: &Backend,
+        writer: &str,
+        change: impl FnOnce(&mut SyncSettings),
+    ) -> Self {
+        let mut s = settings(keep_everything());
+        change(&mut s);
+        Self::with_settings_of(backend, writer, s)
+    }
+
+    fn with_settings_of(backend: &Backend, writer: &str, settings: SyncSettings) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
-        let engine = SyncEngine::new(
-            backend.store(),
-            layout.clone(),
-            settings(retention),
-            writer.into(),
-        );
+        let engine = SyncEngine::new(backend.store(), layout.clone(), settings, writer.into());
         Self {
             dir,
             layout,
