@@ -55,6 +55,9 @@ pub struct Settings {
     /// the previous start set off in the background (its workspace's sync) overlaps
     /// the next; zero by default: one start right after another.
     pub pause: Duration,
+    /// `[sync] single_writer = true`: a local copy is taken as current without the
+    /// store's listing.
+    pub single_writer: bool,
 }
 
 /// The phases `/metrics` histograms, in its label values.
@@ -106,6 +109,7 @@ pub struct Case {
 pub struct PhasesRun {
     pub users: usize,
     pub pause: Duration,
+    pub single_writer: bool,
     /// Putting every tenant's first snapshot in the store, before the cases.
     pub seeded: Duration,
     pub tenants: usize,
@@ -154,6 +158,7 @@ pub async fn run(warren: &Path, dir: &Path, s: &Settings) -> anyhow::Result<Phas
             &tenants,
             (number, from_store, pool),
             s.pause,
+            s.single_writer,
         )
         .await
         .with_context(|| format!("case {number}"))?;
@@ -164,6 +169,7 @@ pub async fn run(warren: &Path, dir: &Path, s: &Settings) -> anyhow::Result<Phas
     Ok(PhasesRun {
         users: s.users,
         pause: s.pause,
+        single_writer: s.single_writer,
         seeded,
         tenants: tenants.len(),
         cases,
@@ -215,6 +221,7 @@ async fn measure(
     tenants: &[TenantId],
     (number, from_store, pool): (usize, bool, usize),
     pause: Duration,
+    single_writer: bool,
 ) -> anyhow::Result<Case> {
     let layout = Layout::new(&dir.join("data"));
     let snapshots_before = snapshots(moto, dir, tenants).await?;
@@ -229,7 +236,8 @@ async fn measure(
         "[runtime]\npool = {pool}\n\
          [store]\nkind = \"s3\"\nbucket = \"{}\"\nendpoint = \"http://{}\"\n\
          region = \"us-east-1\"\nallow_http = true\n\
-         [sweep]\nschedule = \"\"\n",
+         [sweep]\nschedule = \"\"\n\
+         [sync]\nsingle_writer = {single_writer}\n",
         store::BUCKET,
         moto.addr
     );

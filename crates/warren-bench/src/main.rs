@@ -66,6 +66,10 @@ struct Args {
     /// Milliseconds of quiet before each start of that run (0: one right after another).
     #[arg(long, default_value_t = 0)]
     phase_pause_ms: u64,
+    /// Run that run's gateways with `[sync] single_writer = true` (no listing of the
+    /// store before starting from a local copy).
+    #[arg(long)]
+    phase_single_writer: bool,
     /// Rounds of the proxy comparison; each measures every metric on every target.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -214,6 +218,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             users: args.phase_users,
             pool: args.pool,
             pause: Duration::from_millis(args.phase_pause_ms),
+            single_writer: args.phase_single_writer,
         };
         let run = cold_start_phases::run(&warren, &dir.join("phases"), &settings).await;
         let title = report::PHASES_TITLE;

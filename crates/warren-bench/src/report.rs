@@ -232,13 +232,19 @@ pub fn cold_start_phases(run: &PhasesRun) {
          one's first request (`POST /echo`) timed by the client; phases from the gateway's \
          `Server-Timing`; with the pool, each start begins once `/readyz` shows the pool full \
          again{}. Every start was checked: a local workspace kept (the same directory), a \
-         restored one complete. p99 is nearest-rank: of {n} samples, {}.\n",
+         restored one complete.{} p99 is nearest-rank: of {n} samples, {}.\n",
         run.tenants,
         WORKSPACE.describe(),
         run.seeded.as_secs_f64(),
         match run.pause.is_zero() {
             true => String::new(),
             false => format!(", then {} ms of quiet", run.pause.as_millis()),
+        },
+        match run.single_writer {
+            true =>
+                " The gateways ran with `[sync] single_writer = true`: a start from a \
+                     local copy does not list the store.",
+            false => "",
         },
         p99_rank(n)
     );

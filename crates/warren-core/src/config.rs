@@ -380,10 +380,10 @@ pub struct SyncConfig {
     pub safety_interval: ConfigDuration,
     /// Chunk uploads (and downloads) in flight per sync.
     pub upload_concurrency: usize,
-    /// This gateway is the only one writing its tenants' snapshots to the store: a
-    /// start then skips asking the store whether the local copy is current, when this
-    /// gateway last saw that it was. Leave off when tenants move between gateways that
-    /// share a store.
+    /// This gateway is the only one ever writing its tenants' snapshots to the store:
+    /// a start then takes the local copy's record of the snapshot it matches for the
+    /// newest (unless the gateway has seen otherwise) and does not ask the store.
+    /// Leave off when tenants move between gateways that share a store.
     pub single_writer: bool,
 }
 

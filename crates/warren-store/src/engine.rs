@@ -38,9 +38,9 @@ pub struct SyncSettings {
     pub safety_interval: Duration,
     pub upload_concurrency: usize,
     pub retention: RetentionPolicy,
-    /// This engine is the only writer of its tenants' snapshots (one gateway per
-    /// store): a start need not ask the store whether the local copy is current when
-    /// this engine last saw that it was.
+    /// This engine (its data dir) is the only writer of its tenants' snapshots: a
+    /// start need not ask the store whether the local copy is current, unless this
+    /// engine has seen otherwise.
     pub single_writer: bool,
 }
 
@@ -60,18 +60,29 @@ pub struct SyncStatus {
 struct TenantSync {
     lock: tokio::sync::Mutex<()>,
     status: Mutex<SyncStatus>,
-    /// The store's newest snapshot (`Some(None)`: none) as this engine last listed or
-    /// wrote it; `None` until it has, and after a failed sync.
-    head_seen: Mutex<Option<Option<u64>>>,
+    /// The store's newest snapshot as this engine knows it.
+    head: Mutex<Head>,
+}
+
+/// What an engine knows of a tenant's newest snapshot in the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+enum Head {
+    /// Nothing yet (this engine has not listed or written the tenant's snapshots).
+    #[default]
+    Unknown,
+    /// As last listed or written (`None`: there is none).
+    Seen(Option<u64>),
+    /// A sync failed: the store may hold what the local copy does not know.
+    Doubtful,
 }
 
 impl TenantSync {
-    fn saw_head(&self, head: Option<Option<u64>>) {
-        *self.head_seen.lock().unwrap_or_else(|e| e.into_inner()) = head;
+    fn set_head(&self, head: Head) {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = head;
     }
 
-    fn head_seen(&self) -> Option<Option<u64>> {
-        *self.head_seen.lock().unwrap_or_else(|e| e.into_inner())
+    fn head(&self) -> Head {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -203,8 +214,10 @@ impl SyncEngine {
         .await;
         let now = unix_ms();
         // A successful sync compared the copy with the head, or wrote the next one.
-        self.tenant(tenant)
-            .saw_head(result.as_ref().ok().map(|r| r.seq));
+        self.tenant(tenant).set_head(match &result {
+            Ok(report) => Head::Seen(report.seq),
+            Err(_) => Head::Doubtful,
+        });
         self.update(tenant, |s| match &result {
             Ok(report) => {
                 s.seq = report.seq;
@@ -238,10 +251,16 @@ impl SyncEngine {
         let workspace = self.layout.workspace(tenant);
         let state_path = self.layout.sync_state(tenant);
         let local = LocalState::load(&state_path);
-        // The copy matches the head this engine itself last listed or wrote: with no
-        // other writer, no need to ask the store again. Were there one after all, the
-        // next sync would refuse the stale copy (`Diverged`) and keep it locally.
-        if self.settings.single_writer && workspace.exists() && t.head_seen() == Some(local.seq) {
+        // With no other writer, the copy's own record of the snapshot it matches is the
+        // head, unless this engine has seen another or a sync failed: no need to ask
+        // the store. Were there another writer after all, the next sync would refuse
+        // the stale copy (`Diverged`) and keep it; the start after that asks.
+        let trusted = match t.head() {
+            Head::Seen(head) => head == local.seq,
+            Head::Unknown => local.seq.is_some(),
+            Head::Doubtful => false,
+        };
+        if self.settings.single_writer && trusted && workspace.exists() {
             return Ok(Prepared::Current);
         }
         let seqs = match self.store.snapshot_seqs(tenant).await {
@@ -254,7 +273,7 @@ impl SyncEngine {
             }
             Err(e) => return Err(e),
         };
-        t.saw_head(Some(seqs.last().copied()));
+        t.set_head(Head::Seen(seqs.last().copied()));
         let Some(&head) = seqs.last() else {
             std::fs::create_dir_all(&workspace)?;
             return Ok(Prepared::Current);

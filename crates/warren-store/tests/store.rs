@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::{Backend, Machine, backends, read_tree, write_files};
 use warren_core::TenantId;
-use warren_store::engine::Prepared;
+use warren_store::engine::{Prepared, SyncEngine};
 use warren_store::manifest::{Entry, Kind, Manifest};
 use warren_store::retention::RetentionPolicy;
 use warren_store::{Freeze, StoreError, chunk};
@@ -573,6 +573,32 @@ async fn a_single_writer_starts_from_its_own_copy_without_asking_the_store() {
         Prepared::Restored { seq: 2, .. }
     ));
     assert_eq!(std::fs::read(a.workspace(&t).join("x")).unwrap(), b"2");
+
+    // After a restart, the copy's own record is trusted: b's later snapshot is not
+    // seen at start (the store is not asked) until a sync says otherwise.
+    let restarted = SyncEngine::new(
+        backend.store(),
+        a.layout.clone(),
+        support::settings_with(|s| s.single_writer = true),
+        "gw-a".into(),
+    );
+    b.engine.prepare(&t).await.unwrap();
+    write_files(&b.workspace(&t), &[("x", b"4")]);
+    b.engine.sync(&t, None).await.unwrap();
+    assert_eq!(restarted.prepare(&t).await.unwrap(), Prepared::Current);
+    assert_eq!(std::fs::read(a.workspace(&t).join("x")).unwrap(), b"2");
+    // Without the setting, the same restart asks and restores b's.
+    let asking = SyncEngine::new(
+        backend.store(),
+        a.layout.clone(),
+        support::settings_with(|_| {}),
+        "gw-a".into(),
+    );
+    assert!(matches!(
+        asking.prepare(&t).await.unwrap(),
+        Prepared::Restored { .. }
+    ));
+    assert_eq!(std::fs::read(a.workspace(&t).join("x")).unwrap(), b"4");
 }
 
 #[tokio::test]

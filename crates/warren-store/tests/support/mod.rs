@@ -117,6 +117,13 @@ pub async fn backends() -> Vec<Backend> {
     vec![Backend::local(), Backend::s3().await]
 }
 
+/// The tests' settings, keeping everything, changed by `change`.
+pub fn settings_with(change: impl FnOnce(&mut SyncSettings)) -> SyncSettings {
+    let mut s = settings(keep_everything());
+    change(&mut s);
+    s
+}
+
 pub fn settings(retention: RetentionPolicy) -> SyncSettings {
     SyncSettings {
         debounce: Duration::from_millis(100),
@@ -160,9 +167,7 @@ impl Machine {
         writer: &str,
         change: impl FnOnce(&mut SyncSettings),
     ) -> Self {
-        let mut s = settings(keep_everything());
-        change(&mut s);
-        Self::with_settings_of(backend, writer, s)
+        Self::with_settings_of(backend, writer, settings_with(change))
     }
 
     fn with_settings_of(backend: &Backend, writer: &str, settings: SyncSettings) -> Self {
