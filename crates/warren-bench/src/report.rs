@@ -345,10 +345,10 @@ pub fn cold_start_phases(run: &PhasesRun) {
 
     for c in &run.cases {
         println!("### {}\n", case_name(c));
-        let restore = if c.from_store {
-            "restore (list the snapshots, fetch and write the workspace)"
-        } else {
-            "restore (list the snapshots: the local copy is current)"
+        let restore = match (c.from_store, run.single_writer) {
+            (true, _) => "restore (list the snapshots, fetch and write the workspace)",
+            (false, false) => "restore (list the snapshots: the local copy is current)",
+            (false, true) => "restore (none: the local copy is current, the store not asked)",
         };
         let create = if c.pool > 0 {
             "create (claim a pooled sandbox, bind the workspace)"
