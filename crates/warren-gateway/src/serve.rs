@@ -221,12 +221,12 @@ impl Gateway {
                     "shutting down: no new connections; running sandboxes stay for the next gateway"
                 );
                 self.edge.tenants.leave_all().await;
-                ctx.runtime.drain_pool(false).await;
+                ctx.runtime.drain_pool().await;
             }
             Shutdown::StopAll => {
                 tracing::info!("shutting down: no new connections; stopping every sandbox");
                 self.edge.tenants.stop_all(StopCause::Shutdown).await;
-                ctx.runtime.drain_pool(true).await;
+                ctx.runtime.drain_pool().await;
             }
         }
         let mut relays = ctx.relays.subscribe();

@@ -189,9 +189,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// claim one refill it.
     async fn fill_pool(&self) {}
 
-    /// Stops the empty sandboxes kept for `start`. With `all_stopped`, no sandbox of
-    /// this gateway runs any more and what the pool set up on the host goes too.
-    async fn drain_pool(&self, _all_stopped: bool) {}
+    /// Stops the empty sandboxes kept for `start`; no more are made.
+    async fn drain_pool(&self) {}
 
     /// How many empty sandboxes are ready to be claimed now.
     fn pool_ready(&self) -> usize {

@@ -116,8 +116,14 @@ fn free_loopback_port() -> std::io::Result<u16> {
 pub const SANDBOX_HOME: &str = "/home/agent";
 
 /// bubblewrap's arguments for a sandbox whose workspace is `workspace` on the host
-/// (seen at `SANDBOX_HOME` inside).
-fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32, ro_paths: &[PathBuf]) -> Vec<String> {
+/// (seen at `SANDBOX_HOME` inside); without one (a pooled sandbox), `SANDBOX_HOME` is
+/// an empty directory until a claim attaches the tenant's workspace there.
+fn bwrap_args(
+    data_dir: &Path,
+    workspace: Option<&Path>,
+    uid: u32,
+    ro_paths: &[PathBuf],
+) -> Vec<String> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let mut args: Vec<String> = [
         "--unshare-all",
@@ -138,7 +144,10 @@ fn bwrap_args(data_dir: &Path, workspace: &Path, uid: u32, ro_paths: &[PathBuf])
     for p in ro_paths.iter().filter(|p| p.exists()) {
         args.extend(["--ro-bind".into(), path(p), path(p)]);
     }
-    args.extend(["--bind".into(), path(workspace), SANDBOX_HOME.into()]);
+    match workspace {
+        Some(workspace) => args.extend(["--bind".into(), path(workspace), SANDBOX_HOME.into()]),
+        None => args.extend(["--dir".into(), SANDBOX_HOME.into()]),
+    }
     args.extend(["--proc", "/proc", "--dev", "/dev", "--chdir", SANDBOX_HOME].map(String::from));
     args.push("--".into());
     args
@@ -465,15 +474,13 @@ impl ProcessRuntime {
     }
 
     /// Makes a launched process the tenant's sandbox: a task waits for its end and
-    /// then ends the rest of it (its other processes, slirp4netns, a pooled
-    /// sandbox's workspace mount, its cgroup).
+    /// then ends the rest of it (its other processes, slirp4netns, its cgroup).
     fn supervise(
         &self,
         spec: &SandboxSpec,
         launched: Launched,
         slirp: Option<tokio::process::Child>,
         address: SocketAddr,
-        slot: Option<PathBuf>,
     ) -> Sandbox {
         let Launched {
             mut child,
@@ -512,9 +519,6 @@ impl ProcessRuntime {
                 let _ = slirp.wait().await;
             }
             drop(pinned_pid_namespace);
-            if let Some(slot) = slot {
-                pool::release_slot(&slot);
-            }
             if let Some(cgroup) = cgroup {
                 if cgroup.oom_killed() {
                     exit = Exit::OutOfMemory;
@@ -594,7 +598,7 @@ impl ProcessRuntime {
                 let mut visible = ro_paths.clone();
                 visible.extend(Some(PathBuf::from(program)).filter(|p| p.is_absolute()));
                 let mut argv = vec![bwrap.to_string_lossy().into_owned()];
-                argv.extend(bwrap_args(&self.data_dir, &workspace, *uid, &visible));
+                argv.extend(bwrap_args(&self.data_dir, Some(&workspace), *uid, &visible));
                 if spec.network == Network::Outbound {
                     // slirp4netns answers DNS at its own address; the host's resolver
                     // may be on the host's loopback, which the sandbox cannot reach.
@@ -662,7 +666,7 @@ impl ProcessRuntime {
             }
             _ => None,
         };
-        Ok(self.supervise(spec, launched, slirp, address, None))
+        Ok(self.supervise(spec, launched, slirp, address))
     }
 }
 
@@ -682,15 +686,18 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn fill_pool(&self) {
+        // Whatever an earlier gateway's pool left, also when this one has none.
+        if let Some(hierarchy) = &self.cgroups {
+            pool::remove_leftovers(hierarchy);
+        }
         if let Some(pool) = &self.pool {
-            pool.clean_up();
             pool.fill().await;
         }
     }
 
-    async fn drain_pool(&self, all_stopped: bool) {
+    async fn drain_pool(&self) {
         if let Some(pool) = &self.pool {
-            pool.drain(all_stopped).await;
+            pool.drain().await;
         }
     }
 
@@ -737,13 +744,6 @@ impl Runtime for ProcessRuntime {
             .as_ref()
             .and_then(|c| c.procs_files().into_iter().next());
         let members = Members::from_parts(cgroup_procs.as_ref(), inner_pid, pid);
-        // A sandbox claimed from a pool has its workspace bound onto the slot of its
-        // cgroup's name.
-        let slot = cgroup
-            .as_ref()
-            .and_then(Cgroup::name)
-            .filter(|name| name.starts_with("pool-"))
-            .map(|name| self.data_dir.join("pool").join(name));
         let (tx, exited) = watch::channel(None);
         let watcher = tokio::spawn(async move {
             // Not its parent: this gateway cannot wait for it, only see it gone.
@@ -751,9 +751,6 @@ impl Runtime for ProcessRuntime {
                 tokio::time::sleep(ADOPTED_POLL).await;
             }
             members.signal(Signal::SIGKILL);
-            if let Some(slot) = slot {
-                pool::release_slot(&slot);
-            }
             let mut exit = Exit::Unknown;
             if let Some(cgroup) = cgroup {
                 if cgroup.oom_killed() {

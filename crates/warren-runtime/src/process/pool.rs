@@ -1,21 +1,21 @@
 //! The warm pool of the process runtime: `size` empty sandboxes kept ready, their
 //! namespaces made and their cgroup set, with no tenant yet. Claiming one for a start
-//! skips bubblewrap and the cgroup's creation; what is left is the workspace and the
-//! agent's own boot.
+//! skips bubblewrap and the cgroup's creation (joining a memory cgroup can wait in the
+//! kernel for tens of ms); what is left is the workspace and the agent's own boot.
 //!
 //! An empty sandbox runs `<stub> sandbox-wait` (the warren binary, `await_claim`) as
-//! its user, with its workspace at `SANDBOX_HOME`, bound from its slot
-//! `<data_dir>/pool/<name>`, and its stdin one end of a socket pair whose other end
-//! the pool holds. A claim binds the tenant's workspace onto the slot on the host:
-//! `<data_dir>/pool` is a shared mount, so the bind propagates into the sandbox (its
-//! mounts are slaves of the host's) and covers `SANDBOX_HOME` there. Then it sends the
-//! stub the agent's command, environment and working directory, with the tenant's log
-//! as a file descriptor; the stub moves there and becomes the agent. When the sandbox
-//! ends, its slot is unmounted (the unmount propagates too) and removed.
+//! its user, with an empty `SANDBOX_HOME`, its stdin one end of a socket pair whose
+//! other end the pool holds, and no output. A claim clones the tenant's workspace as a
+//! detached mount on the host (`open_tree`) and attaches it at `SANDBOX_HOME` inside
+//! that sandbox's mount namespace alone (a thread of the gateway enters it), nosuid and
+//! nodev like bubblewrap's own binds: nothing is mounted on the host, so no other
+//! sandbox ever sees it. Then it sends the stub the agent's command, environment and
+//! working directory, with the tenant's log as a file descriptor; the stub moves there
+//! and becomes the agent. The mount ends with the sandbox's namespace.
 //!
 //! An empty sandbox whose pool went away (its gateway stopped or died) reads the end of
-//! its socket and exits. Slots and cgroups left by earlier gateways are removed when
-//! the next one fills its pool, unless a sandbox taken over still uses them.
+//! its socket and exits; the cgroups such sandboxes leave are removed by the next
+//! gateway. A sandbox is claimed once and never returned to the pool.
 //!
 //! Only tenants whose sandbox has no outbound network are served from the pool; a
 //! tenant of another instance type gets the pooled sandbox's limits changed.
@@ -24,13 +24,14 @@ use std::fs::File;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustix::mount::{MountPropagationFlags, UnmountFlags};
+use rustix::mount::{MountFlags, MoveMountFlags, OpenTreeFlags};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -64,17 +65,18 @@ struct Inner {
     isolation: Isolation,
     hierarchy: Hierarchy,
     data_dir: PathBuf,
-    /// `<data_dir>/pool`: a shared mount holding the slots.
-    dir: PathBuf,
     ready: Mutex<Vec<Entry>>,
+    /// Names this pool's sandboxes (and their cgroups) apart from any other's.
+    prefix: String,
     next: AtomicU64,
     /// One fill at a time.
     filling: tokio::sync::Mutex<()>,
+    /// Set by `drain`: no more empty sandboxes are made.
+    closed: AtomicBool,
 }
 
 /// One empty sandbox.
 struct Entry {
-    slot: PathBuf,
     /// The pool's end of the stub's stdin.
     socket: OwnedFd,
     launched: Launched,
@@ -88,34 +90,14 @@ impl Pool {
                 isolation: rt.isolation.clone(),
                 hierarchy: rt.cgroups.clone()?,
                 data_dir: data_dir.to_owned(),
-                dir: data_dir.join("pool"),
                 ready: Mutex::new(Vec::new()),
+                // The pid alone may come back (a gateway that is PID 1 in a container).
+                prefix: format!("pool-{}-{}-", std::process::id(), started_ms()),
                 next: AtomicU64::new(0),
                 filling: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
             }),
         })
-    }
-
-    /// Removes what earlier gateways' pools left: slots (unmounted) and cgroups that
-    /// no running sandbox uses.
-    pub(super) fn clean_up(&self) {
-        let inner = &self.inner;
-        let Ok(entries) = std::fs::read_dir(&inner.dir) else {
-            return;
-        };
-        for name in entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("pool-"))
-        {
-            let cgroup = Cgroup::open(&inner.hierarchy, &name);
-            if cgroup.is_empty() {
-                release_slot(&inner.dir.join(&name));
-                tokio::spawn(async move {
-                    cgroup.remove_patiently().await;
-                });
-            }
-        }
     }
 
     /// How many empty sandboxes are ready.
@@ -146,19 +128,15 @@ impl Pool {
         if spec.network != Network::LoopbackOnly || !inner.can_run(Path::new(program)) {
             return Ok(None);
         }
-        let Some(mut entry) = inner.take() else {
+        let taken = inner.take();
+        // One gone, one made, in the background; and a pool found empty (a fill that
+        // failed, say) tries again.
+        tokio::spawn(inner.clone().fill());
+        let Some(mut entry) = taken else {
             return Ok(None);
         };
-        // One gone, one made, in the background.
-        tokio::spawn(inner.clone().fill());
         match Self::bind(rt, spec, &mut entry, &limits, &inner.config.limits).await {
-            Ok(address) => Ok(Some(rt.supervise(
-                spec,
-                entry.launched,
-                None,
-                address,
-                Some(entry.slot),
-            ))),
+            Ok(address) => Ok(Some(rt.supervise(spec, entry.launched, None, address))),
             Err(e) => {
                 entry.discard().await;
                 Err(e)
@@ -183,9 +161,12 @@ impl Pool {
         {
             cgroup.set_limits(limits).map_err(RuntimeError::Cgroup)?;
         }
-        rustix::mount::mount_bind(&workspace, &entry.slot).map_err(|e| {
+        let inner_pid = entry.launched.inner_pid.ok_or_else(|| {
+            RuntimeError::Spawn(std::io::Error::other("a pooled sandbox has no namespace"))
+        })?;
+        attach_workspace(&workspace, inner_pid).await.map_err(|e| {
             RuntimeError::Spawn(std::io::Error::other(format!(
-                "cannot bind the workspace into a pooled sandbox: {e}"
+                "cannot attach the workspace to a pooled sandbox: {e}"
             )))
         })?;
         let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, agent_port));
@@ -198,24 +179,14 @@ impl Pool {
         Ok(address)
     }
 
-    /// Stops every empty sandbox. With `all_stopped`, no sandbox of this gateway runs
-    /// and the pool's shared mount goes too, unless a slot is still in use.
-    pub(super) async fn drain(&self, all_stopped: bool) {
+    /// Stops every empty sandbox; no more are made.
+    pub(super) async fn drain(&self) {
         let inner = &self.inner;
+        inner.closed.store(true, Ordering::SeqCst);
         let _filling = inner.filling.lock().await;
         let entries = std::mem::take(&mut *inner.ready.lock().unwrap_or_else(|e| e.into_inner()));
         for entry in entries {
             entry.discard().await;
-        }
-        let in_use = std::fs::read_dir(&inner.dir)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("pool-"))
-            })
-            .unwrap_or(false);
-        if all_stopped && !in_use {
-            let _ = rustix::mount::unmount(&inner.dir, UnmountFlags::DETACH);
-            let _ = std::fs::remove_dir(&inner.dir);
         }
     }
 }
@@ -251,11 +222,9 @@ impl Inner {
 
     async fn fill(self: Arc<Self>) {
         let _filling = self.filling.lock().await;
-        if let Err(e) = self.share_dir() {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot set up the pool's shared mount; no pool");
-            return;
-        }
-        while self.ready.lock().unwrap_or_else(|e| e.into_inner()).len() < self.config.size {
+        while !self.closed.load(Ordering::SeqCst)
+            && self.ready.lock().unwrap_or_else(|e| e.into_inner()).len() < self.config.size
+        {
             match self.make().await {
                 Ok(entry) => self
                     .ready
@@ -270,18 +239,7 @@ impl Inner {
         }
     }
 
-    /// `<data_dir>/pool` as a shared mount of its own, so mounts on its slots reach
-    /// the sandboxes.
-    fn share_dir(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        if !is_mount_point(&self.dir) {
-            rustix::mount::mount_bind(&self.dir, &self.dir)?;
-        }
-        rustix::mount::mount_change(&self.dir, MountPropagationFlags::SHARED)?;
-        Ok(())
-    }
-
-    /// One empty sandbox: its slot, cgroup and bubblewrap, waiting in the stub.
+    /// One empty sandbox: its cgroup and bubblewrap, waiting in the stub.
     async fn make(&self) -> Result<Entry, RuntimeError> {
         let Isolation::Namespaces {
             bwrap,
@@ -292,100 +250,123 @@ impl Inner {
         else {
             unreachable!("a pool runs namespaced sandboxes only")
         };
-        // Unique on the host, like every sandbox's cgroup; the slot has the same name.
         let name = format!(
-            "pool-{}-{}",
-            std::process::id(),
+            "{}{}",
+            self.prefix,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
-        let slot = self.dir.join(&name);
-        let io = |source| RuntimeError::Workspace {
-            path: slot.clone(),
-            source,
-        };
-        std::fs::create_dir(&slot).map_err(io)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir.join("pool.log"))
-            .map_err(io)?;
-        let log_err = log.try_clone().map_err(io)?;
+        let spawn = |e: std::io::Error| RuntimeError::Spawn(e);
+        let null = || File::options().write(true).open("/dev/null").map_err(spawn);
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
         )
-        .map_err(|e| RuntimeError::Spawn(e.into()))?;
+        .map_err(|e| spawn(e.into()))?;
         let mut visible = ro_paths.clone();
         visible.extend(self.config.visible.iter().cloned());
         visible.push(self.config.stub.clone());
         let mut argv = vec![bwrap.to_string_lossy().into_owned()];
-        argv.extend(bwrap_args(&self.data_dir, &slot, *uid, &visible));
+        argv.extend(bwrap_args(&self.data_dir, None, *uid, &visible));
         argv.push(self.config.stub.to_string_lossy().into_owned());
         argv.push("sandbox-wait".into());
-        let cgroup = match Cgroup::create(&self.hierarchy, &name, &self.config.limits) {
-            Ok(cgroup) => cgroup,
-            Err(e) => {
-                let _ = std::fs::remove_dir(&slot);
-                return Err(RuntimeError::Cgroup(e));
-            }
-        };
         let launch = LaunchSpec {
             argv,
             uid: Some(*uid),
             env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
-            cwd: self.dir.clone(),
+            cwd: self.data_dir.clone(),
             stdin: Stdio::from(theirs),
-            stdout: log,
-            stderr: log_err,
+            // Nothing of one sandbox's output may reach another: an empty sandbox has
+            // none until its claim gives it the tenant's log.
+            stdout: null()?,
+            stderr: null()?,
         };
-        match ProcessRuntime::launch(&self.isolation, launch, Some(cgroup)).await {
-            Ok(launched) => Ok(Entry {
-                slot,
-                socket: ours,
-                launched,
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&slot);
-                Err(e)
-            }
-        }
+        let cgroup = Cgroup::create(&self.hierarchy, &name, &self.config.limits)
+            .map_err(RuntimeError::Cgroup)?;
+        let launched = ProcessRuntime::launch(&self.isolation, launch, Some(cgroup)).await?;
+        Ok(Entry {
+            socket: ours,
+            launched,
+        })
     }
 }
 
 impl Entry {
-    /// Ends an empty (or half-claimed) sandbox and removes its slot and cgroup.
+    /// Ends an empty (or half-claimed) sandbox and removes its cgroup.
     async fn discard(mut self) {
         drop(self.socket);
         abandon(self.launched.pid, self.launched.cgroup.as_ref()).await;
         let _ = self.launched.child.wait().await;
-        release_slot(&self.slot);
     }
 }
 
-/// Unmounts a slot (on the host, and so in its sandbox) and removes it.
-pub(super) fn release_slot(slot: &Path) {
-    let _ = rustix::mount::unmount(slot, UnmountFlags::DETACH);
-    let _ = std::fs::remove_dir(slot);
+/// Now, in ms since the Unix epoch.
+fn started_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
-/// Whether `path` is where something is mounted, in this mount namespace.
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+/// Removes, in the background, the cgroups of empty sandboxes that earlier gateways'
+/// pools left (those no running sandbox is in).
+pub fn remove_leftovers(hierarchy: &Hierarchy) {
+    let base = match hierarchy {
+        Hierarchy::V2 { root } => root.clone(),
+        Hierarchy::V1 { pids, .. } => pids.clone(),
     };
-    // The table escapes spaces, tabs, newlines and backslashes in octal.
-    let wanted = path
-        .to_string_lossy()
-        .replace('\\', "\\134")
-        .replace(' ', "\\040")
-        .replace('\t', "\\011")
-        .replace('\n', "\\012");
-    table
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mount_point| mount_point == wanted)
+    let Ok(entries) = std::fs::read_dir(base.join("warren")) else {
+        return;
+    };
+    for name in entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("pool-"))
+    {
+        let cgroup = Cgroup::open(hierarchy, &name);
+        if cgroup.is_empty() {
+            tokio::spawn(async move {
+                cgroup.remove_patiently().await;
+            });
+        }
+    }
+}
+
+/// Attaches `workspace` at `SANDBOX_HOME` in the mount namespace of process `inner`
+/// (a pooled sandbox's first), nosuid and nodev, and nowhere else: a detached clone
+/// of it is made here, then a thread of its own (a thread may enter another mount
+/// namespace only with its filesystem context unshared, and it ends right after)
+/// enters the sandbox's namespace and attaches it there.
+async fn attach_workspace(workspace: &Path, inner: u32) -> std::io::Result<()> {
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        workspace,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )?;
+    let namespace = File::open(format!("/proc/{inner}/ns/mnt"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("warren-attach".into())
+        .spawn(move || {
+            let attach = || -> std::io::Result<()> {
+                use nix::sched::CloneFlags;
+                nix::sched::unshare(CloneFlags::CLONE_FS)?;
+                nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNS)?;
+                rustix::mount::move_mount(
+                    &tree,
+                    "",
+                    rustix::fs::CWD,
+                    SANDBOX_HOME,
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+                )?;
+                let flags = MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV;
+                rustix::mount::mount_remount(SANDBOX_HOME, flags, "")?;
+                Ok(())
+            };
+            let _ = tx.send(attach());
+        })?;
+    rx.await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the attaching thread died")))
 }
 
 /// What an empty sandbox becomes.
@@ -511,12 +492,6 @@ fn become_agent(claim: Claim, log: Option<OwnedFd>) -> std::io::Error {
 mod tests {
     use super::*;
 
-    #[test]
-    fn mount_points_are_told_from_plain_directories() {
-        assert!(is_mount_point(Path::new("/proc")));
-        let dir = tempfile::tempdir().unwrap();
-        assert!(!is_mount_point(dir.path()));
-    }
 
     #[test]
     fn a_claim_crosses_the_socket_intact_and_malformed_ones_are_refused() {

@@ -187,12 +187,23 @@ async fn starts_claim_pooled_sandboxes_the_pool_refills_and_leaves_nothing_behin
     let c = cgroup_of(gw.agent_pid("user_c").await);
     assert!(c.starts_with("user_c-"), "{c}");
 
-    // A stop of everything takes the pool with it: no slot, no mount, no cgroup.
-    let pool = gw.data_dir().join("pool");
+    // The workspace was attached inside b's sandbox alone: neither the host nor
+    // another sandbox (pooled or not) has a mount of it, nor of a's.
+    let mounts_of = |pid: u32| {
+        let inner = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        let inner = inner.split_whitespace().next().unwrap().to_owned();
+        std::fs::read_to_string(format!("/proc/{inner}/mountinfo")).unwrap()
+    };
+    let (pid_b, pid_c) = (gw.agent_pid("user_b").await, gw.agent_pid("user_c").await);
+    let (in_b, in_c) = (mounts_of(pid_b), mounts_of(pid_c));
+    assert!(in_b.contains("/tenants/user_b/workspace /home/agent "), "{in_b}");
+    assert!(!in_b.contains("user_a") && !in_b.contains("user_c"), "{in_b}");
+    assert!(!in_c.contains("user_a") && !in_c.contains("user_b"), "{in_c}");
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains("/tenants/user_"), "{host}");
+
+    // A stop of everything takes the pool with it: no cgroup is left.
     tokio::task::block_in_place(|| gw.shut_down());
-    assert!(!pool.exists(), "the slots' directory is gone");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(pool.to_str().unwrap()), "{mounts}");
     for name in [a, b] {
         let gone = !std::path::Path::new(&format!("/sys/fs/cgroup/memory/warren/{name}")).exists()
             && !std::path::Path::new(&format!("/sys/fs/cgroup/warren/{name}")).exists();
