@@ -4,7 +4,8 @@
 //! nothing in flight, no open WebSocket): the lowest tier's first, the least recently
 //! used among equals, never a kept-warm one (`sleep_after = "never"`) of a higher tier
 //! than the start's. If none may go, it waits, in a queue of at most `queue_limit`
-//! starts, until a slot frees or a sandbox turns idle, for at most `queue_timeout`.
+//! starts of its tier, until a slot frees or a sandbox turns idle, for at most
+//! `queue_timeout`.
 //! While a start of a higher tier waits, starts of lower tiers neither take a slot nor
 //! evict: the higher one goes first. A slot is released only after its sandbox has
 //! stopped, so the number of live sandboxes never exceeds the cap.
@@ -49,6 +50,28 @@ pub enum AdmissionError {
     QueueFull,
     /// No slot freed within `queue_timeout`.
     Timeout,
+}
+
+/// A start waiting in the queue. Dropped when it stops waiting, however that ends
+/// (a slot, a timeout, or its future dropped), which takes it off the queue.
+struct Queued {
+    admission: Arc<Admission>,
+    priority: u32,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let mut inner = self.admission.lock();
+        if let Some(n) = inner.waiting.get_mut(&self.priority) {
+            *n -= 1;
+            if *n == 0 {
+                inner.waiting.remove(&self.priority);
+            }
+        }
+        drop(inner);
+        // Starts it outranked may go now.
+        self.admission.changed();
+    }
 }
 
 /// A held slot. Dropping it frees the slot and wakes waiting starts.
@@ -107,8 +130,8 @@ impl Admission {
     pub async fn acquire(self: &Arc<Self>, handle: &TenantHandle) -> Result<Slot, AdmissionError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let priority = handle.priority();
-        let mut queued = false;
-        let result = loop {
+        let mut queued: Option<Queued> = None;
+        loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -121,7 +144,7 @@ impl Admission {
                         .running
                         .insert(handle.tenant().clone(), handle.clone());
                     debug_assert!(previous.is_none(), "a tenant holds at most one slot");
-                    break Ok(Slot {
+                    return Ok(Slot {
                         admission: self.clone(),
                         tenant: handle.tenant().clone(),
                     });
@@ -137,30 +160,22 @@ impl Admission {
                 victim.evict().await;
                 continue;
             }
-            if !queued {
+            if queued.is_none() {
+                // Each tier its own queue: lower ones waiting never turn a higher away.
                 let mut inner = self.lock();
-                if inner.waiting.values().sum::<usize>() >= self.queue_limit {
-                    break Err(AdmissionError::QueueFull);
+                let waiting = inner.waiting.entry(priority).or_default();
+                if *waiting >= self.queue_limit {
+                    return Err(AdmissionError::QueueFull);
                 }
-                *inner.waiting.entry(priority).or_default() += 1;
-                queued = true;
+                *waiting += 1;
+                queued = Some(Queued {
+                    admission: self.clone(),
+                    priority,
+                });
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break Err(AdmissionError::Timeout);
+                return Err(AdmissionError::Timeout);
             }
-        };
-        if queued {
-            let mut inner = self.lock();
-            if let Some(n) = inner.waiting.get_mut(&priority) {
-                *n -= 1;
-                if *n == 0 {
-                    inner.waiting.remove(&priority);
-                }
-            }
-            drop(inner);
-            // Starts it outranked may go now.
-            self.changed();
         }
-        result
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Reserved paths belong to the gateway: `/healthz` and `/readyz` describe the gateway
 //! itself (no credentials), `/api/status` reports the caller's own sandbox without
-//! starting it, `/api/prewarm` starts it without waiting, and `/admin/...` is the admin
-//! API (its own bearer token). Everything else, `/ws`, `/api/history` and any other
+//! starting it, `/api/prewarm` starts it without waiting, and `/admin/...` and
+//! `/metrics` are the operator's (the admin bearer token). Everything else, `/ws`, `/api/history` and any other
 //! path, is authenticated and proxied to the caller's sandbox, started on demand.
 //! `/ws/api/history` is the original frontend's name for `/api/history`.
 //!
@@ -314,17 +314,15 @@ async fn forward(
 /// for it, in metrics and in the start's event.
 fn first_byte(edge: &Edge, tenant: &TenantId, phases: &StartPhases, took: std::time::Duration) {
     edge.ctx.metrics.first_byte(took);
+    let started = phases.describe();
     let detail = format!(
-        "{}, first byte {:.1} ms",
-        phases.describe(),
+        "{started}, first byte {:.1} ms",
         took.as_secs_f64() * 1000.0
     );
     let (state, tenant) = (edge.ctx.state.clone(), tenant.clone());
     tokio::spawn(async move {
-        if let Err(e) = state
-            .amend_last_event(&tenant, SandboxState::Ready, &detail)
-            .await
-        {
+        let amended = state.amend_event(&tenant, SandboxState::Ready, &started, &detail);
+        if let Err(e) = amended.await {
             tracing::warn!(%tenant, error = %e, "cannot record a start's first byte");
         }
     });

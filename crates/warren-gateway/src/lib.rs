@@ -134,19 +134,20 @@ impl Context {
         };
     }
 
-    /// Every tenant in `tier`: those an operator put there and those whose config
-    /// table names it (unless an operator moved them elsewhere).
+    /// Every tenant in `tier` that the gateway knows by name: those an operator put
+    /// in a tier and those with a config table, whose tier is now `tier`.
     pub fn tenants_in_tier(&self, tier: &str) -> Vec<TenantId> {
-        let assigned = self.tiers.read().unwrap_or_else(|e| e.into_inner());
+        let assigned: Vec<TenantId> = {
+            let tiers = self.tiers.read().unwrap_or_else(|e| e.into_inner());
+            tiers.keys().cloned().collect()
+        };
         let mut tenants: Vec<TenantId> = assigned
-            .iter()
-            .filter(|(_, t)| t.as_str() == tier)
-            .map(|(id, _)| id.clone())
+            .into_iter()
+            .chain(self.config.tenants.keys().cloned())
+            .filter(|id| self.profile(id).tier == Some(tier))
             .collect();
-        let by_config = self.config.tenants.iter().filter(|(id, settings)| {
-            settings.tier.as_deref() == Some(tier) && !assigned.contains_key(*id)
-        });
-        tenants.extend(by_config.map(|(id, _)| id.clone()));
+        tenants.sort();
+        tenants.dedup();
         tenants
     }
 

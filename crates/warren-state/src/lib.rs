@@ -105,13 +105,15 @@ pub trait StateStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, StateError>;
 
-    /// Replaces the detail of the tenant's latest event in `state` (a start's, once
-    /// its first answer is known to have taken so long).
-    async fn amend_last_event(
+    /// Replaces the detail of the tenant's latest event in `state` whose detail is
+    /// `from` (a start's, once its first answer is known to have taken so long; a later
+    /// event in the same state, with another detail, is left alone).
+    async fn amend_event(
         &self,
         tenant: &TenantId,
         state: SandboxState,
-        detail: &str,
+        from: &str,
+        to: &str,
     ) -> Result<(), StateError>;
 
     /// Puts `tenant` in `tier` (an operator's choice, over the config's), or with

@@ -329,18 +329,19 @@ impl StateStore for SqliteStore {
         .await
     }
 
-    async fn amend_last_event(
+    async fn amend_event(
         &self,
         tenant: &TenantId,
         state: SandboxState,
-        detail: &str,
+        from: &str,
+        to: &str,
     ) -> Result<(), StateError> {
-        let (tenant, detail) = (tenant.as_str().to_owned(), detail.to_owned());
+        let (tenant, from, to) = (tenant.as_str().to_owned(), from.to_owned(), to.to_owned());
         self.with(move |conn| {
             conn.execute(
-                "UPDATE events SET detail = ?3 WHERE id =
-                    (SELECT MAX(id) FROM events WHERE tenant_id = ?1 AND state = ?2)",
-                params![tenant, state.as_str(), detail],
+                "UPDATE events SET detail = ?4 WHERE id =
+                    (SELECT MAX(id) FROM events WHERE tenant_id = ?1 AND state = ?2 AND detail = ?3)",
+                params![tenant, state.as_str(), from, to],
             )
             .map_err(backend)?;
             Ok(())

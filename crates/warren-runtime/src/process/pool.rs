@@ -24,10 +24,10 @@ use std::fs::File;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::AtomicBool;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -491,7 +491,6 @@ fn become_agent(claim: Claim, log: Option<OwnedFd>) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     #[test]
     fn a_claim_crosses_the_socket_intact_and_malformed_ones_are_refused() {

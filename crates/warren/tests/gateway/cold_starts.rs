@@ -196,9 +196,18 @@ async fn starts_claim_pooled_sandboxes_the_pool_refills_and_leaves_nothing_behin
     };
     let (pid_b, pid_c) = (gw.agent_pid("user_b").await, gw.agent_pid("user_c").await);
     let (in_b, in_c) = (mounts_of(pid_b), mounts_of(pid_c));
-    assert!(in_b.contains("/tenants/user_b/workspace /home/agent "), "{in_b}");
-    assert!(!in_b.contains("user_a") && !in_b.contains("user_c"), "{in_b}");
-    assert!(!in_c.contains("user_a") && !in_c.contains("user_b"), "{in_c}");
+    assert!(
+        in_b.contains("/tenants/user_b/workspace /home/agent "),
+        "{in_b}"
+    );
+    assert!(
+        !in_b.contains("user_a") && !in_b.contains("user_c"),
+        "{in_b}"
+    );
+    assert!(
+        !in_c.contains("user_a") && !in_c.contains("user_b"),
+        "{in_c}"
+    );
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!host.contains("/tenants/user_"), "{host}");
 
