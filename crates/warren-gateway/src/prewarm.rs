@@ -90,15 +90,23 @@ impl PrewarmWorker {
         if self.rules.is_empty() {
             return;
         }
+        let mut fired: Option<chrono::DateTime<chrono::Utc>> = None;
         loop {
+            // After the last firing, even if the wall clock is behind it (a timer that
+            // woke early against a slewed clock must not fire the same rule twice).
             let now = chrono::Utc::now();
+            let after = fired.map_or(now, |f| f.max(now));
             let next: Vec<_> = self
                 .rules
                 .iter()
-                .map(|r| r.cron.find_next_occurrence(&now, false).ok())
+                .map(|r| r.cron.find_next_occurrence(&after, false).ok())
                 .collect();
             let Some(at) = next.iter().flatten().min().copied() else {
                 tracing::warn!("no pre-warm rule has a next occurrence; the pre-warm worker stops");
+                self.update(|s| {
+                    s.next_run_ms = None;
+                    s.state = "idle";
+                });
                 return;
             };
             self.update(|s| s.next_run_ms = Some(at.timestamp_millis() as u64));
@@ -114,6 +122,7 @@ impl PrewarmWorker {
                 .filter(|(_, n)| **n == Some(at));
             let targets: Vec<Target> = due.map(|(r, _)| r.target.clone()).collect();
             self.fire(&edge, &targets);
+            fired = Some(at);
         }
     }
 
@@ -160,9 +169,8 @@ impl PrewarmWorker {
         self.update(|s| {
             s.runs += 1;
             s.last_run_ms = Some(unix_ms());
-            if skipped > 0 {
-                s.last_error = Some(format!("{skipped} sandboxes not started: no free slot"));
-            }
+            s.last_error =
+                (skipped > 0).then(|| format!("{skipped} sandboxes not started: no free slot"));
         });
     }
 }
