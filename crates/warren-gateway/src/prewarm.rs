@@ -7,7 +7,7 @@
 //! slots are free when it fires, and never evicts. A pre-warmed sandbox then
 //! lives like any other: it sleeps after its `sleep_after` if nobody uses it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use croner::Cron;
 use tokio::sync::watch;
@@ -15,7 +15,7 @@ use warren_core::TenantId;
 use warren_core::config::{Config, prewarm_rule};
 
 use crate::edge::Edge;
-use crate::schedule::WorkerStatus;
+use crate::schedule::{WorkerState, WorkerStatus};
 use crate::unix_ms;
 
 /// Whose sandboxes a rule starts.
@@ -32,7 +32,7 @@ struct Rule {
 
 pub struct PrewarmWorker {
     rules: Vec<Rule>,
-    status: Mutex<WorkerStatus>,
+    state: WorkerState,
 }
 
 impl PrewarmWorker {
@@ -66,23 +66,16 @@ impl PrewarmWorker {
         }
         Arc::new(Self {
             rules,
-            status: Mutex::new(WorkerStatus {
-                name: "prewarm",
-                state: "idle",
-                ..WorkerStatus::default()
-            }),
+            state: WorkerState::new("prewarm"),
         })
     }
 
     pub fn status(&self) -> WorkerStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.state.get()
     }
 
     fn update(&self, f: impl FnOnce(&mut WorkerStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+        self.state.update(f);
     }
 
     /// Fires the rules at their times until `stop` turns true.

@@ -27,30 +27,44 @@ pub struct WorkerStatus {
     pub last_report: Option<SweepReport>,
 }
 
+/// What a named background worker is doing and did, as `/admin/api/workers` shows it.
+pub struct WorkerState(Mutex<WorkerStatus>);
+
+impl WorkerState {
+    pub fn new(name: &'static str) -> Self {
+        Self(Mutex::new(WorkerStatus {
+            name,
+            state: "idle",
+            ..WorkerStatus::default()
+        }))
+    }
+
+    pub fn get(&self) -> WorkerStatus {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut WorkerStatus)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
 pub struct SweepWorker {
-    pub status: Mutex<WorkerStatus>,
+    state: WorkerState,
 }
 
 impl SweepWorker {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            status: Mutex::new(WorkerStatus {
-                name: "sweep",
-                state: "idle",
-                ..WorkerStatus::default()
-            }),
+            state: WorkerState::new("sweep"),
         })
     }
 
     pub fn status(&self) -> WorkerStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.state.get()
     }
 
     fn update(&self, f: impl FnOnce(&mut WorkerStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+        self.state.update(f);
     }
 
     /// One sweep, now. `progress` hears of each tenant as it finishes.
