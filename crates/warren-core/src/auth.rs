@@ -99,6 +99,18 @@ impl Signer {
         URL_SAFE_NO_PAD.encode(self.mac(user_id.as_str(), exp).finalize().into_bytes())
     }
 
+    /// The token with which warren speaks to `tenant`'s agent (OpenClaw's gateway
+    /// token): derived from the signing key, so every gateway of the deployment knows
+    /// it without storing it, and never shown to the user. Its message holds a NUL,
+    /// which no `<userId>.<exp>` does: it is never a valid signature.
+    pub fn agent_token(&self, tenant: &TenantId) -> crate::Secret {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        mac.update(b"agent-token\0");
+        mac.update(tenant.as_str().as_bytes());
+        crate::Secret::new(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
     /// The query string `userId=..&exp=..&sig=..` for a user id and expiry.
     pub fn query(&self, user_id: &TenantId, exp: u64) -> String {
         // Tenant ids hold only URL-safe characters, and base64url is URL-safe.
@@ -261,6 +273,22 @@ pub fn strip_credential_params(query: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_token_is_per_tenant_stable_and_never_a_signature() {
+        let signer = Signer::new(b"0123456789abcdef0123456789abcdef");
+        let other = Signer::new(b"fedcba9876543210fedcba9876543210");
+        let a = TenantId::parse("alice").unwrap();
+        let b = TenantId::parse("bob").unwrap();
+        let token = signer.agent_token(&a);
+        assert_eq!(token.expose(), signer.agent_token(&a).expose());
+        assert_ne!(token.expose(), signer.agent_token(&b).expose());
+        assert_ne!(token.expose(), other.agent_token(&a).expose());
+        assert!(token.expose().len() >= 43);
+        for exp in [0, 1, u64::MAX] {
+            assert_ne!(token.expose(), signer.sign(&a, exp));
+        }
+    }
 
     // Computed independently of this code:
     //   printf 'user_abc.1700000000' | openssl dgst -sha256 -hmac 'test-secret' -binary \

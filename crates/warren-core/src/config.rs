@@ -282,6 +282,8 @@ pub enum AgentKind {
     Echo,
     /// Any program that serves HTTP on `WARREN_AGENT_ADDR` and answers `GET /healthz`.
     Command,
+    /// OpenClaw's gateway (`openclaw gateway run`) on Node 24, from `openclaw_dir`.
+    Openclaw,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -290,6 +292,18 @@ pub struct AgentConfig {
     pub kind: AgentKind,
     /// For `command`: the program and its arguments.
     pub command: Vec<String>,
+    /// For `openclaw`: where `scripts/install-openclaw` put Node 24 and OpenClaw.
+    pub openclaw_dir: PathBuf,
+}
+
+impl AgentConfig {
+    /// The path the readiness probe asks until it answers 2xx.
+    pub fn readiness_path(&self) -> &'static str {
+        match self.kind {
+            AgentKind::Openclaw => "/readyz",
+            AgentKind::Echo | AgentKind::Command => "/healthz",
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -297,6 +311,7 @@ impl Default for AgentConfig {
         Self {
             kind: AgentKind::Echo,
             command: Vec::new(),
+            openclaw_dir: PathBuf::from("/opt/warren/openclaw"),
         }
     }
 }
@@ -705,6 +720,11 @@ impl Config {
             && self.runtime.kind != RuntimeKind::Docker
         {
             return invalid("agent.command is required when agent.kind = \"command\"".into());
+        }
+        if self.agent.kind == AgentKind::Openclaw && self.runtime.kind == RuntimeKind::Docker {
+            return invalid(
+                "agent.kind = \"openclaw\" runs on the process runtime; with docker, make an image of it and use agent.kind = \"command\"".into(),
+            );
         }
         if self.runtime.isolation == IsolationKind::Namespaces
             && (self.runtime.sandbox_uid == 0 || self.runtime.agent_port == 0)

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use warren_core::auth::Signer;
-use warren_core::config::{Config, SandboxProfile};
+use warren_core::config::{AgentKind, Config, SandboxProfile};
 use warren_core::{Secret, TenantId};
 use warren_runtime::{Runtime, Sandbox};
 use warren_state::StateStore;
@@ -149,6 +149,27 @@ impl Context {
         tenants.sort();
         tenants.dedup();
         tenants
+    }
+
+    /// What the tenant's agent gets in its environment besides the runtime's own: for
+    /// OpenClaw, its gateway token (which warren keeps to itself) and the switches
+    /// that keep it to serving one user behind warren.
+    pub fn agent_env(&self, tenant: &TenantId) -> Vec<(String, String)> {
+        match self.config.agent.kind {
+            AgentKind::Openclaw => {
+                let token = self.signer.agent_token(tenant).expose().to_owned();
+                let mut env = vec![("OPENCLAW_GATEWAY_TOKEN".to_owned(), token)];
+                for switch in [
+                    "OPENCLAW_DISABLE_BONJOUR",
+                    "OPENCLAW_NO_RESPAWN",
+                    "OPENCLAW_SKIP_CHANNELS",
+                ] {
+                    env.push((switch.to_owned(), "1".to_owned()));
+                }
+                env
+            }
+            AgentKind::Echo | AgentKind::Command => Vec::new(),
+        }
     }
 
     /// A number no earlier sandbox of this deployment had.

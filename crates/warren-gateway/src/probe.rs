@@ -1,5 +1,5 @@
-//! The readiness probe: `GET /healthz` on the agent until it answers 2xx, the sandbox
-//! exits, or the deadline passes. Retries start at 1 ms and back off to 25 ms, so an
+//! The readiness probe: `GET` of the agent's readiness path (`/healthz`; OpenClaw's
+//! `/readyz`) until it answers 2xx, the sandbox exits, or the deadline passes. Retries start at 1 ms and back off to 25 ms, so an
 //! agent that listens within a few milliseconds is seen within a few milliseconds.
 
 use std::time::Duration;

@@ -1211,7 +1211,7 @@ async fn start_sandbox(
         generation,
         command: ctx.agent_command.clone(),
         limits: Some(Limits::of(&size)),
-        env: Vec::new(),
+        env: ctx.agent_env(handle.tenant()),
         network: match profile.network {
             NetworkAccess::None => Network::LoopbackOnly,
             NetworkAccess::Outbound => Network::Outbound,
@@ -1245,8 +1245,8 @@ async fn start_sandbox(
             .unwrap_or_else(|e| e.into_inner()) = value
     };
     set_running(Some((sandbox.clone(), upstream.clone())));
-    if let Err(e) = probe::wait_ready(&ctx.client, &sandbox, &upstream, "/healthz", deadline).await
-    {
+    let readiness = ctx.config.agent.readiness_path();
+    if let Err(e) = probe::wait_ready(&ctx.client, &sandbox, &upstream, readiness, deadline).await {
         set_running(None);
         ctx.upstreams.remove(&upstream);
         if let Err(stop) = ctx.runtime.stop(&sandbox, Duration::ZERO).await {

