@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use http::{HeaderValue, Request, StatusCode, header};
 use tokio::sync::oneshot;
 use warren_core::auth::{self, Source};
+use warren_core::config::AgentKind;
 use warren_core::sandbox::SandboxState;
 use warren_core::{ErrorCode, TenantId};
 
@@ -277,6 +278,8 @@ async fn forward(
         cookie_name: &edge.ctx.config.auth.cookie_name,
     };
     let mut response = if websocket::is_upgrade(request.headers()) {
+        let inject = (edge.ctx.config.agent.kind == AgentKind::Openclaw)
+            .then(|| edge.ctx.signer.agent_token(&caller.tenant));
         proxy::websocket(
             &edge.ctx,
             &ready.upstream,
@@ -284,6 +287,7 @@ async fn forward(
             request,
             &strip,
             ready.lease,
+            inject,
         )
         .await?
     } else {

@@ -24,6 +24,7 @@ pub mod edge;
 pub mod error;
 pub mod handover;
 pub mod metrics;
+pub mod openclaw;
 pub mod prewarm;
 pub mod probe;
 pub mod proxy;

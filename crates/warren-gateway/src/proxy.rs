@@ -170,7 +170,8 @@ const WS_ANSWERED: [header::HeaderName; 3] = [
 /// Proxies a WebSocket upgrade to the agent at `upstream`.
 ///
 /// The upgrade is forwarded as an HTTP request on a fresh connection; an agent that
-/// refuses is answered with its own response. After both `101`s the two connections
+/// refuses is answered with its own response. With `inject` (an OpenClaw agent), the
+/// client's `connect` request gets the tenant's token (see `openclaw`). After both `101`s the two connections
 /// are joined byte for byte (as nginx does), with a frame-header tracker on each
 /// direction that sees closes and activity without touching payloads.
 pub async fn websocket(
@@ -180,6 +181,7 @@ pub async fn websocket(
     mut request: Request<Body>,
     strip: &Strip<'_>,
     lease: Lease,
+    inject: Option<warren_core::Secret>,
 ) -> Result<Response<Body>, ApiError> {
     // Check the client's half of the handshake before opening the agent's.
     if websocket::accept(request.headers(), None).is_none() {
@@ -219,6 +221,11 @@ pub async fn websocket(
         .body(Body::empty())
         .map_err(|_| unreachable())?;
     for name in WS_FORWARDED {
+        // OpenClaw refuses a browser's `Origin` (warren's address, not its own); warren
+        // has authenticated the user, and its cookie is SameSite=Lax.
+        if inject.is_some() && name == header::ORIGIN {
+            continue;
+        }
         for value in headers.get_all(&name) {
             upstream.headers_mut().append(name.clone(), value.clone());
         }
@@ -271,7 +278,14 @@ pub async fn websocket(
         let _counted = Counted(&ctx.relays);
         match tokio::try_join!(client_upgrade, agent_upgrade) {
             Ok((client, agent)) => {
-                relay(TokioIo::new(client), TokioIo::new(agent), lease, &ctx).await
+                let (client, agent) = (TokioIo::new(client), TokioIo::new(agent));
+                match inject {
+                    Some(token) => {
+                        let client = crate::openclaw::InjectToken::new(client, token);
+                        relay(client, agent, lease, &ctx).await
+                    }
+                    None => relay(client, agent, lease, &ctx).await,
+                }
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
         }

@@ -1,0 +1,265 @@
+//! What the gateway does for OpenClaw agents on a WebSocket: OpenClaw's protocol opens
+//! with the client's `connect` request, whose `params.auth.token` must be the agent's
+//! gateway token. The user's client does not know it (warren keeps it), so the first
+//! frame a client sends is read whole and, if it is that `connect` request, its `auth`
+//! is replaced with the tenant's token before it goes on; every other byte passes as
+//! it is. A first frame that is not JSON, not a text frame, fragmented or larger than
+//! `MAX_FIRST_FRAME` goes on untouched (OpenClaw then refuses it, as it would anyway).
+
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use warren_core::Secret;
+
+/// The largest first frame that is read whole to be rewritten.
+const MAX_FIRST_FRAME: usize = 1 << 20;
+
+/// A client connection whose first frame gets the tenant's token (see the module).
+pub struct InjectToken<T> {
+    io: T,
+    token: Secret,
+    state: State,
+}
+
+enum State {
+    /// Gathering the first frame.
+    First(Vec<u8>),
+    /// Handing out the first frame, rewritten or not, from `.1` on.
+    Serving(Vec<u8>, usize),
+    Through,
+}
+
+impl<T> InjectToken<T> {
+    pub fn new(io: T, token: Secret) -> Self {
+        Self {
+            io,
+            token,
+            state: State::First(Vec::new()),
+        }
+    }
+}
+
+/// A client frame's parts, if `bytes` holds one whole frame: (fin and opcode byte,
+/// mask key, payload offset, payload length). `None`: more bytes are needed.
+fn frame(bytes: &[u8]) -> Option<(u8, [u8; 4], usize, usize)> {
+    let (&b0, &b1) = (bytes.first()?, bytes.get(1)?);
+    let (len, mut at) = match b1 & 0x7f {
+        126 => (
+            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let mut mask = [0u8; 4];
+    if b1 & 0x80 != 0 {
+        mask.copy_from_slice(bytes.get(at..at + 4)?);
+        at += 4;
+    }
+    (bytes.len() >= at.checked_add(len)?).then_some((b0, mask, at, len))
+}
+
+/// How many bytes the frame starting `bytes` needs in all, once its header is known.
+fn frame_size(bytes: &[u8]) -> Option<usize> {
+    let b1 = *bytes.get(1)?;
+    let (len, header) = match b1 & 0x7f {
+        126 => (
+            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as u64,
+            4,
+        ),
+        127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?), 10),
+        n => (n as u64, 2),
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    usize::try_from(len).ok()?.checked_add(header + mask)
+}
+
+/// `frame` with `params.auth` set to `token` if it is OpenClaw's `connect` request, as
+/// a new masked text frame; otherwise `None` (it goes on as it was).
+fn rewrite(bytes: &[u8], token: &str) -> Option<Vec<u8>> {
+    let (b0, mask, at, len) = frame(bytes)?;
+    // A final text frame, masked as every client frame must be.
+    if b0 != 0x81 || bytes[1] & 0x80 == 0 {
+        return None;
+    }
+    let payload: Vec<u8> = bytes[at..at + len]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i % 4])
+        .collect();
+    let mut request: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    if request["type"] != "req" || request["method"] != "connect" {
+        return None;
+    }
+    let params = request.get_mut("params")?.as_object_mut()?;
+    params.insert("auth".into(), serde_json::json!({ "token": token }));
+    Some(encode_masked_text(
+        &serde_json::to_vec(&request).ok()?,
+        mask,
+    ))
+}
+
+/// A final, masked text frame holding `payload`.
+fn encode_masked_text(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![0x81];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for InjectToken<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Through => return Pin::new(&mut this.io).poll_read(cx, buf),
+                State::Serving(bytes, at) => {
+                    let n = (bytes.len() - *at).min(buf.remaining());
+                    buf.put_slice(&bytes[*at..*at + n]);
+                    *at += n;
+                    if *at == bytes.len() {
+                        this.state = State::Through;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                State::First(gathered) => {
+                    let whole = frame_size(gathered).filter(|size| gathered.len() >= *size);
+                    let too_large = frame_size(gathered).is_some_and(|s| s > MAX_FIRST_FRAME);
+                    if whole.is_some() || too_large {
+                        let gathered = std::mem::take(gathered);
+                        let bytes = match whole {
+                            Some(size) => {
+                                let (first, rest) = gathered.split_at(size);
+                                let mut out = rewrite(first, this.token.expose())
+                                    .unwrap_or_else(|| first.to_vec());
+                                out.extend_from_slice(rest);
+                                out
+                            }
+                            None => gathered,
+                        };
+                        this.state = State::Serving(bytes, 0);
+                        continue;
+                    }
+                    let mut chunk = [0u8; 8192];
+                    let mut read = ReadBuf::new(&mut chunk);
+                    std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+                    if read.filled().is_empty() {
+                        // The client ended before a whole frame: pass on what came.
+                        let gathered = std::mem::take(gathered);
+                        this.state = match gathered.is_empty() {
+                            true => State::Through,
+                            false => State::Serving(gathered, 0),
+                        };
+                        continue;
+                    }
+                    gathered.extend_from_slice(read.filled());
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for InjectToken<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    const MASK: [u8; 4] = [1, 2, 3, 4];
+
+    fn unmasked_payload(bytes: &[u8]) -> serde_json::Value {
+        let (_, mask, at, len) = frame(bytes).unwrap();
+        let payload: Vec<u8> = bytes[at..at + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        serde_json::from_slice(&payload).unwrap()
+    }
+
+    async fn through(input: Vec<u8>, chunk: usize) -> Vec<u8> {
+        // A reader that hands out `chunk` bytes at a time, as a slow client would.
+        let (mut writer, reader) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in input.chunks(chunk) {
+                writer.write_all(piece).await.unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        InjectToken::new(reader, Secret::new("the-tenant-token"))
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_connect_request_gets_the_tenants_token_whatever_the_client_sent() {
+        let connect = serde_json::json!({"type": "req", "id": "c1", "method": "connect",
+            "params": {"minProtocol": 4, "auth": {"token": "guessed", "password": "x"}}});
+        let first = encode_masked_text(connect.to_string().as_bytes(), MASK);
+        let second = encode_masked_text(b"{\"type\":\"req\",\"method\":\"chat.send\"}", MASK);
+        for chunk in [1, 7, 4096] {
+            let out = through([first.clone(), second.clone()].concat(), chunk).await;
+            let size = frame_size(&out).unwrap();
+            let request = unmasked_payload(&out[..size]);
+            assert_eq!(
+                request["params"]["auth"],
+                serde_json::json!({"token": "the-tenant-token"})
+            );
+            assert_eq!(request["params"]["minProtocol"], 4);
+            assert_eq!(&out[size..], &second[..], "the rest passes as it was");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_first_frames_pass_untouched() {
+        let other = encode_masked_text(b"{\"type\":\"req\",\"method\":\"chat.send\"}", MASK);
+        let not_json = encode_masked_text(b"hello", MASK);
+        let binary = [&[0x82u8, 0x80 | 2][..], &MASK, &[9, 9]].concat();
+        let large = encode_masked_text(&vec![b' '; 70_000], MASK);
+        for input in [other, not_json, binary, large, b"\x81".to_vec(), Vec::new()] {
+            assert_eq!(through(input.clone(), 5).await, input);
+        }
+    }
+}
