@@ -277,9 +277,28 @@ async fn forward(
         authorization: caller.source == Source::Header,
         cookie_name: &edge.ctx.config.auth.cookie_name,
     };
+    let openclaw = edge.ctx.config.agent.kind == AgentKind::Openclaw;
+    if openclaw
+        && path.split('?').next() == Some("/api/history")
+        && request.method() == http::Method::GET
+    {
+        // OpenClaw keeps history behind its own protocol: the gateway asks it.
+        let limit = request
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(100u32)
+            .min(1000);
+        let token = edge.ctx.signer.agent_token(&caller.tenant);
+        let connector = edge.ctx.upstreams.connector();
+        let payload =
+            crate::openclaw::history(connector, &ready.upstream.endpoint, &token, limit).await?;
+        drop(ready.lease);
+        return Ok(axum::Json(payload).into_response());
+    }
     let mut response = if websocket::is_upgrade(request.headers()) {
-        let inject = (edge.ctx.config.agent.kind == AgentKind::Openclaw)
-            .then(|| edge.ctx.signer.agent_token(&caller.tenant));
+        let inject = openclaw.then(|| edge.ctx.signer.agent_token(&caller.tenant));
         proxy::websocket(
             &edge.ctx,
             &ready.upstream,

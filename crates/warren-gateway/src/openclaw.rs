@@ -5,6 +5,9 @@
 //! is replaced with the tenant's token before it goes on; every other byte passes as
 //! it is. A first frame that is not JSON, not a text frame, fragmented or larger than
 //! `MAX_FIRST_FRAME` goes on untouched (OpenClaw then refuses it, as it would anyway).
+//!
+//! `GET /api/history` of an OpenClaw tenant is answered by the gateway itself: it opens
+//! OpenClaw's protocol with the tenant's token and asks `chat.history`.
 
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
@@ -196,6 +199,89 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for InjectToken<T> {
         cx: &mut TaskContext<'_>,
     ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// How long `history` waits for each answer of OpenClaw's.
+const HISTORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The tenant's recent chat history (`chat.history` of session `main`, at most `limit`
+/// messages), as OpenClaw answers it.
+pub async fn history(
+    connector: &warren_runtime::Connector,
+    endpoint: &warren_runtime::Endpoint,
+    token: &Secret,
+    limit: u32,
+) -> Result<serde_json::Value, crate::error::ApiError> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use warren_core::ErrorCode;
+
+    let failed = |what: String| {
+        crate::error::ApiError::new(
+            ErrorCode::SandboxUnreachable,
+            format!("OpenClaw's history: {what}"),
+        )
+        .retry_after(1)
+    };
+    let stream = connector
+        .connect(endpoint)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let url = format!("ws://{}/", endpoint.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let connect = serde_json::json!({
+        "type": "req", "id": "warren-connect", "method": "connect",
+        "params": {
+            "minProtocol": 4, "maxProtocol": 4,
+            "client": {"id": "cli", "version": env!("CARGO_PKG_VERSION"), "platform": "linux", "mode": "cli"},
+            "role": "operator", "scopes": ["operator.read"],
+            "caps": [], "commands": [], "permissions": {},
+            "auth": {"token": token.expose()}, "locale": "en", "userAgent": "warren"
+        }
+    });
+    let history = serde_json::json!({
+        "type": "req", "id": "warren-history", "method": "chat.history",
+        "params": {"sessionKey": "main", "limit": limit}
+    });
+    // The challenge comes first; the connect is answered, then the history.
+    let mut sent_history = false;
+    ws.send(Message::text(connect.to_string()))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    loop {
+        let frame = match tokio::time::timeout(HISTORY_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return Err(failed(e.to_string())),
+            Ok(None) => return Err(failed("the connection ended".into())),
+            Err(_) => return Err(failed("no answer in time".into())),
+        };
+        let Ok(frame) = serde_json::from_str::<serde_json::Value>(&frame) else {
+            continue;
+        };
+        if frame["type"] != "res" {
+            continue;
+        }
+        if frame["ok"] != true {
+            let message = frame["error"]["message"].as_str().unwrap_or("refused");
+            return Err(failed(message.to_owned()));
+        }
+        match frame["id"].as_str() {
+            Some("warren-connect") if !sent_history => {
+                sent_history = true;
+                ws.send(Message::text(history.to_string()))
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            }
+            Some("warren-history") => {
+                let _ = ws.close(None).await;
+                return Ok(frame["payload"].clone());
+            }
+            _ => {}
+        }
     }
 }
 

@@ -149,4 +149,14 @@ async fn each_user_gets_an_openclaw_of_their_own_with_a_token_warren_keeps() {
     };
     assert_eq!(answer["ok"], true, "{answer}");
     assert!(answer["payload"]["messages"].is_array(), "{answer}");
+
+    // `/api/history` (and the original frontend's `/ws/api/history`), with the same
+    // credentials as every route: the gateway asks OpenClaw's `chat.history` itself.
+    for path in ["/api/history", "/ws/api/history?limit=5"] {
+        let reply = gw.get_as("user_b", path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        let history = reply.json();
+        assert!(history["messages"].is_array(), "{path}: {history}");
+        assert_eq!(history["sessionKey"], "main", "{path}: {history}");
+    }
 }
