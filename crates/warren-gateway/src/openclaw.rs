@@ -43,53 +43,61 @@ impl<T> InjectToken<T> {
     }
 }
 
-/// A client frame's parts, if `bytes` holds one whole frame: (fin and opcode byte,
-/// mask key, payload offset, payload length). `None`: more bytes are needed.
-fn frame(bytes: &[u8]) -> Option<(u8, [u8; 4], usize, usize)> {
-    let (&b0, &b1) = (bytes.first()?, bytes.get(1)?);
-    let (len, mut at) = match b1 & 0x7f {
-        126 => (
-            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize,
-            4,
-        ),
-        127 => (
-            u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
-    };
-    let mut mask = [0u8; 4];
-    if b1 & 0x80 != 0 {
-        mask.copy_from_slice(bytes.get(at..at + 4)?);
-        at += 4;
-    }
-    (bytes.len() >= at.checked_add(len)?).then_some((b0, mask, at, len))
+/// The header of the frame that `bytes` starts with, once all of it has come.
+struct Header {
+    /// FIN and the opcode.
+    first: u8,
+    /// The masking key (all zero when unmasked).
+    mask: [u8; 4],
+    masked: bool,
+    /// Where the payload starts, and its length.
+    at: usize,
+    len: usize,
 }
 
-/// How many bytes the frame starting `bytes` needs in all, once its header is known.
-fn frame_size(bytes: &[u8]) -> Option<usize> {
-    let b1 = *bytes.get(1)?;
-    let (len, header) = match b1 & 0x7f {
-        126 => (
-            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as u64,
-            4,
-        ),
-        127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?), 10),
-        n => (n as u64, 2),
-    };
-    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-    usize::try_from(len).ok()?.checked_add(header + mask)
+impl Header {
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let (&first, &b1) = (bytes.first()?, bytes.get(1)?);
+        let (len, mut at) = match b1 & 0x7f {
+            126 => (
+                u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as u64,
+                4,
+            ),
+            127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?), 10),
+            n => (n as u64, 2),
+        };
+        let masked = b1 & 0x80 != 0;
+        let mut mask = [0u8; 4];
+        if masked {
+            mask.copy_from_slice(bytes.get(at..at + 4)?);
+            at += 4;
+        }
+        Some(Self {
+            first,
+            mask,
+            masked,
+            at,
+            len: usize::try_from(len).ok()?,
+        })
+    }
+
+    /// The whole frame's size, header included.
+    fn size(&self) -> Option<usize> {
+        self.at.checked_add(self.len)
+    }
 }
 
 /// `frame` with `params.auth` set to `token` if it is OpenClaw's `connect` request, as
 /// a new masked text frame; otherwise `None` (it goes on as it was).
 fn rewrite(bytes: &[u8], token: &str) -> Option<Vec<u8>> {
-    let (b0, mask, at, len) = frame(bytes)?;
+    let header = Header::parse(bytes)?;
     // A final text frame, masked as every client frame must be.
-    if b0 != 0x81 || bytes[1] & 0x80 == 0 {
+    if header.first != 0x81 || !header.masked {
         return None;
     }
-    let payload: Vec<u8> = bytes[at..at + len]
+    let mask = header.mask;
+    let payload: Vec<u8> = bytes
+        .get(header.at..header.size()?)?
         .iter()
         .enumerate()
         .map(|(i, b)| b ^ mask[i % 4])
@@ -145,8 +153,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for InjectToken<T> {
                     return Poll::Ready(Ok(()));
                 }
                 State::First(gathered) => {
-                    let whole = frame_size(gathered).filter(|size| gathered.len() >= *size);
-                    let too_large = frame_size(gathered).is_some_and(|s| s > MAX_FIRST_FRAME);
+                    let size = Header::parse(gathered).and_then(|h| h.size());
+                    let whole = size.filter(|size| gathered.len() >= *size);
+                    let too_large = size.is_some_and(|s| s > MAX_FIRST_FRAME);
                     if whole.is_some() || too_large {
                         let gathered = std::mem::take(gathered);
                         let bytes = match whole {
@@ -293,8 +302,9 @@ mod tests {
     const MASK: [u8; 4] = [1, 2, 3, 4];
 
     fn unmasked_payload(bytes: &[u8]) -> serde_json::Value {
-        let (_, mask, at, len) = frame(bytes).unwrap();
-        let payload: Vec<u8> = bytes[at..at + len]
+        let header = Header::parse(bytes).unwrap();
+        let mask = header.mask;
+        let payload: Vec<u8> = bytes[header.at..header.size().unwrap()]
             .iter()
             .enumerate()
             .map(|(i, b)| b ^ mask[i % 4])
@@ -327,7 +337,7 @@ mod tests {
         let second = encode_masked_text(b"{\"type\":\"req\",\"method\":\"chat.send\"}", MASK);
         for chunk in [1, 7, 4096] {
             let out = through([first.clone(), second.clone()].concat(), chunk).await;
-            let size = frame_size(&out).unwrap();
+            let size = Header::parse(&out).unwrap().size().unwrap();
             let request = unmasked_payload(&out[..size]);
             assert_eq!(
                 request["params"]["auth"],

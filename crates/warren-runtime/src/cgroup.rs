@@ -67,8 +67,9 @@ impl Hierarchy {
     }
 
     /// Removes, in the background, the warren cgroups whose names start with
-    /// `prefix`: those of a sandbox that ended while no gateway watched it, which
-    /// nobody else removes.
+    /// `prefix` and that no process is in: those of a sandbox that ended while no
+    /// gateway watched it (or an empty pooled one whose gateway went), which nobody
+    /// else removes.
     pub fn remove_ended(&self, prefix: &str) {
         let base = match self {
             Hierarchy::V2 { root } => root,
@@ -79,8 +80,9 @@ impl Hierarchy {
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
         {
-            if name.starts_with(prefix) {
-                tokio::spawn(Cgroup::open(self, &name).remove_patiently());
+            let cgroup = Cgroup::open(self, &name);
+            if name.starts_with(prefix) && cgroup.is_empty() {
+                tokio::spawn(cgroup.remove_patiently());
             }
         }
     }

@@ -696,7 +696,7 @@ impl Runtime for ProcessRuntime {
     async fn fill_pool(&self) {
         // Whatever an earlier gateway's pool left, also when this one has none.
         if let Some(hierarchy) = &self.cgroups {
-            pool::remove_leftovers(hierarchy);
+            hierarchy.remove_ended("pool-");
         }
         if let Some(pool) = &self.pool {
             pool.fill().await;

@@ -308,30 +308,6 @@ fn started_ms() -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
-/// Removes, in the background, the cgroups of empty sandboxes that earlier gateways'
-/// pools left (those no running sandbox is in).
-pub fn remove_leftovers(hierarchy: &Hierarchy) {
-    let base = match hierarchy {
-        Hierarchy::V2 { root } => root.clone(),
-        Hierarchy::V1 { pids, .. } => pids.clone(),
-    };
-    let Ok(entries) = std::fs::read_dir(base.join("warren")) else {
-        return;
-    };
-    for name in entries
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("pool-"))
-    {
-        let cgroup = Cgroup::open(hierarchy, &name);
-        if cgroup.is_empty() {
-            tokio::spawn(async move {
-                cgroup.remove_patiently().await;
-            });
-        }
-    }
-}
-
 /// Attaches `workspace` at `SANDBOX_HOME` in the mount namespace of process `inner`
 /// (a pooled sandbox's first), nosuid and nodev, and nowhere else: a detached clone
 /// of it is made here, then a thread of its own (a thread may enter another mount
