@@ -49,18 +49,33 @@ impl Moto {
         moto
     }
 
-    /// Creates a bucket (moto needs no signature for it).
+    /// Creates a bucket (moto needs no signature for it). A server that listens may
+    /// still drop its first connections while it starts: those are tried again, until
+    /// an answer comes or 30 s have passed.
     pub fn create_bucket(&self, name: &str) {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
-        write!(
-            s,
-            "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ask = || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(self.addr)?;
+            write!(
+                s,
+                "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.addr
+            )?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok(reply)
+        };
+        let reply = loop {
+            match ask() {
+                Ok(reply) if !reply.is_empty() => break reply,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "moto_server never answered the bucket's creation: {other:?}"
+                ),
+            }
+            std::thread::sleep(POLL);
+        };
         assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
     }
 }
