@@ -61,7 +61,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub admission: AdmissionConfig,
     pub runtime: RuntimeConfig,
+    /// The agent profile of tenants whose tier and own table name none (`default`).
     pub agent: AgentConfig,
+    /// Named agent profiles that tiers and tenants choose with `agent = "<name>"`.
+    pub agents: BTreeMap<String, AgentConfig>,
     pub state: StateConfig,
     pub store: StoreConfig,
     pub sync: SyncConfig,
@@ -93,6 +96,7 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             runtime: RuntimeConfig::default(),
             agent: AgentConfig::default(),
+            agents: BTreeMap::new(),
             state: StateConfig::default(),
             store: StoreConfig::default(),
             sync: SyncConfig::default(),
@@ -132,6 +136,8 @@ pub struct TierConfig {
     pub priority: u32,
     /// Cron rules (five fields, UTC) at which the tier's tenants' sandboxes start.
     pub prewarm: Vec<String>,
+    /// A key of `[agents]`: the workload of the tier's sandboxes.
+    pub agent: Option<String>,
 }
 
 /// `[tenants.<id>]`: one tenant's settings. Unset keys fall back to its tier, then to
@@ -147,6 +153,8 @@ pub struct TenantConfig {
     /// Cron rules (five fields, UTC) at which this tenant's sandbox starts, besides its
     /// tier's.
     pub prewarm: Vec<String>,
+    /// A key of `[agents]`: this tenant's workload.
+    pub agent: Option<String>,
 }
 
 /// What one tenant's sandbox gets, resolved from its own settings, its tier's and the
@@ -162,6 +170,9 @@ pub struct SandboxProfile<'a> {
     pub sleep_after: SleepAfter,
     /// The tier's admission priority (0 without a tier).
     pub priority: u32,
+    /// The agent profile's name: a key of `[agents]`, or [`DEFAULT_AGENT`] for `[agent]`.
+    pub agent_name: &'a str,
+    pub agent: &'a AgentConfig,
 }
 
 impl SandboxProfile<'_> {
@@ -286,7 +297,11 @@ pub enum AgentKind {
     Openclaw,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The name of the `[agent]` profile, for tenants whose tier and table choose none.
+pub const DEFAULT_AGENT: &str = "default";
+
+/// `[agent]` and `[agents.<name>]`: a workload and how to run it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     pub kind: AgentKind,
@@ -294,15 +309,95 @@ pub struct AgentConfig {
     pub command: Vec<String>,
     /// For `openclaw`: where `scripts/install-openclaw` put Node 24 and OpenClaw.
     pub openclaw_dir: PathBuf,
+    /// The path the readiness probe asks until it answers 2xx; the kind's own when
+    /// unset (`/readyz` for OpenClaw, `/healthz` otherwise).
+    pub readiness_path: Option<String>,
+    /// For the `docker` runtime: this profile's image instead of `runtime.image`.
+    pub image: Option<String>,
+    /// For `openclaw`: the template of each tenant's `openclaw.json`; warren's own
+    /// (no model provider) when unset.
+    pub config_template: Option<PathBuf>,
+    /// Services the agent reaches through the gateway on its own loopback, by name.
+    pub egress: BTreeMap<String, EgressConfig>,
+}
+
+/// `[agent.egress.<name>]`: a port on each sandbox's own loopback that the gateway
+/// serves by forwarding every request to `upstream`, adding the credential the
+/// sandbox never holds. A model provider, typically.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Where requests go: `http://` or `https://`, host, port and a path prefix that
+    /// the request's own path is appended to.
+    pub upstream: String,
+    /// The port the agent connects to on `127.0.0.1`.
+    pub port: u16,
+    /// A variable of the gateway's environment whose value is sent upstream as
+    /// `Authorization: Bearer <value>`; whatever the agent sent as `Authorization` is
+    /// dropped either way.
+    pub api_key_env: Option<String>,
 }
 
 impl AgentConfig {
     /// The path the readiness probe asks until it answers 2xx.
-    pub fn readiness_path(&self) -> &'static str {
-        match self.kind {
-            AgentKind::Openclaw => "/readyz",
-            AgentKind::Echo | AgentKind::Command => "/healthz",
+    pub fn readiness_path(&self) -> &str {
+        match (&self.readiness_path, self.kind) {
+            (Some(path), _) => path,
+            (None, AgentKind::Openclaw) => "/readyz",
+            (None, AgentKind::Echo | AgentKind::Command) => "/healthz",
         }
+    }
+
+    /// Checks what needs no file system; the message starts with the offending key.
+    fn validate(&self, runtime: RuntimeKind) -> Result<(), String> {
+        // A container runs its image's own command when none is given.
+        if self.kind == AgentKind::Command
+            && self.command.is_empty()
+            && runtime != RuntimeKind::Docker
+        {
+            return Err("command is required when kind = \"command\"".into());
+        }
+        if self.kind == AgentKind::Openclaw && runtime == RuntimeKind::Docker {
+            return Err("kind: \"openclaw\" runs on the process runtime; with docker, make an image of it and use kind = \"command\"".into());
+        }
+        if let Some(path) = &self.readiness_path
+            && (!path.starts_with('/') || path.contains(['?', '#', ' ']))
+        {
+            return Err(format!(
+                "readiness_path: {path:?} must be a path starting with '/'"
+            ));
+        }
+        if self.config_template.is_some() && self.kind != AgentKind::Openclaw {
+            return Err("config_template: only kind = \"openclaw\" has one".into());
+        }
+        let mut ports = Vec::new();
+        for (name, egress) in &self.egress {
+            let scheme_ok = ["http://", "https://"]
+                .iter()
+                .any(|s| egress.upstream.starts_with(s) && egress.upstream.len() > s.len());
+            if !scheme_ok || egress.upstream.contains(['?', '#']) {
+                return Err(format!(
+                    "egress.{name}.upstream: {:?} must be an http:// or https:// URL without query",
+                    egress.upstream
+                ));
+            }
+            if egress.port == 0 || ports.contains(&egress.port) {
+                return Err(format!(
+                    "egress.{name}.port: {} must be set and differ from the profile's other egress ports",
+                    egress.port
+                ));
+            }
+            ports.push(egress.port);
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(format!(
+                    "egress.{name}: names are ASCII letters, digits, '_' or '-'"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -312,6 +407,10 @@ impl Default for AgentConfig {
             kind: AgentKind::Echo,
             command: Vec::new(),
             openclaw_dir: PathBuf::from("/opt/warren/openclaw"),
+            readiness_path: None,
+            image: None,
+            config_template: None,
+            egress: BTreeMap::new(),
         }
     }
 }
@@ -714,17 +813,47 @@ impl Config {
         {
             return invalid("the signing secret must be at least 16 bytes".into());
         }
-        // A container runs its image's own command when none is given.
-        if self.agent.kind == AgentKind::Command
-            && self.agent.command.is_empty()
-            && self.runtime.kind != RuntimeKind::Docker
-        {
-            return invalid("agent.command is required when agent.kind = \"command\"".into());
+        if self.agents.contains_key(DEFAULT_AGENT) {
+            return invalid(format!(
+                "agents.{DEFAULT_AGENT}: that name is the [agent] table's; give the profile another"
+            ));
         }
-        if self.agent.kind == AgentKind::Openclaw && self.runtime.kind == RuntimeKind::Docker {
-            return invalid(
-                "agent.kind = \"openclaw\" runs on the process runtime; with docker, make an image of it and use agent.kind = \"command\"".into(),
+        for (name, agent) in self.agent_profiles() {
+            let key = match name {
+                DEFAULT_AGENT => "agent".to_owned(),
+                name => format!("agents.{name}"),
+            };
+            agent
+                .validate(self.runtime.kind)
+                .or_else(|m| invalid(format!("{key}.{m}")))?;
+            if let Some((egress, _)) = agent
+                .egress
+                .iter()
+                .find(|(_, e)| e.port == self.runtime.agent_port)
+            {
+                return invalid(format!(
+                    "{key}.egress.{egress}.port: the agent itself listens on runtime.agent_port"
+                ));
+            }
+        }
+        let choices = self
+            .tiers
+            .iter()
+            .map(|(name, t)| (format!("tiers.{name}.agent"), &t.agent))
+            .chain(
+                self.tenants
+                    .iter()
+                    .map(|(id, t)| (format!("tenants.{id}.agent"), &t.agent)),
             );
+        for (key, agent) in choices {
+            if let Some(name) = agent
+                && !self.agents.contains_key(name)
+            {
+                return invalid(format!(
+                    "{key}: unknown agent profile {name:?}; known: {}",
+                    known(self.agents.keys().map(String::as_str))
+                ));
+            }
         }
         if self.runtime.isolation == IsolationKind::Namespaces
             && (self.runtime.sandbox_uid == 0 || self.runtime.agent_port == 0)
@@ -799,6 +928,12 @@ impl Config {
         let size = self
             .instance_size(instance_type)
             .unwrap_or(INSTANCE_TYPES[0].1);
+        // Likewise an unknown agent name (refused by `validate`) gets `[agent]`.
+        let (agent_name, agent) = own
+            .and_then(|t| t.agent.as_deref())
+            .or(tier.and_then(|t| t.agent.as_deref()))
+            .and_then(|name| self.agents.get_key_value(name))
+            .map_or((DEFAULT_AGENT, &self.agent), |(n, a)| (n.as_str(), a));
         SandboxProfile {
             tier: tier_name,
             instance_type,
@@ -813,7 +948,23 @@ impl Config {
                 .or(tier.and_then(|t| t.sleep_after))
                 .unwrap_or(self.sleep_after),
             priority: tier.map_or(0, |t| t.priority),
+            agent_name,
+            agent,
         }
+    }
+
+    /// The agent profile `name` (a key of `[agents]`, or [`DEFAULT_AGENT`]).
+    pub fn agent_profile(&self, name: &str) -> Option<&AgentConfig> {
+        match name {
+            DEFAULT_AGENT => Some(&self.agent),
+            name => self.agents.get(name),
+        }
+    }
+
+    /// Every agent profile with its name, `[agent]` first.
+    pub fn agent_profiles(&self) -> impl Iterator<Item = (&str, &AgentConfig)> {
+        std::iter::once((DEFAULT_AGENT, &self.agent))
+            .chain(self.agents.iter().map(|(n, a)| (n.as_str(), a)))
     }
 
     /// The size an instance type names: this deployment's own, else a built-in one.
@@ -978,6 +1129,58 @@ mod tests {
         assert_eq!(profile("carol"), ("standard-1", NetworkAccess::None));
         assert_eq!(profile("dave"), ("standard-1", NetworkAccess::Outbound));
         assert_eq!(profile("erin"), ("standard-1", NetworkAccess::None));
+    }
+
+    #[test]
+    fn the_agent_profile_comes_from_the_tenant_then_its_tier_then_agent() {
+        let c = Config::parse(
+            "[agent]\nkind = \"echo\"\n\
+             [agents.claw]\nkind = \"openclaw\"\n\
+             [agents.claw.egress.llm]\nupstream = \"https://api.example.com/v1\"\nport = 18790\napi_key_env = \"LLM_KEY\"\n\
+             [agents.web]\nkind = \"command\"\ncommand = [\"/bin/web\"]\nreadiness_path = \"/ready\"\n\
+             [tiers.pro]\nagent = \"claw\"\n\
+             [tenants.alice]\ntier = \"pro\"\n\
+             [tenants.bob]\ntier = \"pro\"\nagent = \"web\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let agent = |id: &str| {
+            let p = c.sandbox_profile(&tenant(id));
+            (p.agent_name, p.agent.kind, p.agent.readiness_path().to_owned())
+        };
+        assert_eq!(agent("alice"), ("claw", AgentKind::Openclaw, "/readyz".into()));
+        assert_eq!(agent("bob"), ("web", AgentKind::Command, "/ready".into()));
+        assert_eq!(agent("carol"), (DEFAULT_AGENT, AgentKind::Echo, "/healthz".into()));
+        let claw = c.agent_profile("claw").unwrap();
+        assert_eq!(claw.egress["llm"].port, 18790);
+        assert_eq!(c.agent_profiles().count(), 3);
+    }
+
+    #[test]
+    fn bad_agent_profiles_are_refused_by_key() {
+        for (text, says) in [
+            ("[tiers.pro]\nagent = \"nope\"\n", "tiers.pro.agent: unknown agent profile \"nope\""),
+            ("[tenants.bob]\nagent = \"nope\"\n", "tenants.bob.agent: unknown agent profile"),
+            ("[agents.default]\n", "agents.default: that name is the [agent] table's"),
+            ("[agents.x]\nkind = \"command\"\n", "agents.x.command is required"),
+            ("[agents.x]\nreadiness_path = \"ready\"\n", "agents.x.readiness_path"),
+            ("[agent]\nconfig_template = \"/t.json\"\n", "agent.config_template: only"),
+            (
+                "[agent.egress.llm]\nupstream = \"ftp://x\"\nport = 1\n",
+                "agent.egress.llm.upstream",
+            ),
+            (
+                "[agent.egress.a]\nupstream = \"http://x\"\nport = 9\n[agent.egress.b]\nupstream = \"http://y\"\nport = 9\n",
+                "agent.egress.b.port",
+            ),
+            (
+                "[agent.egress.a]\nupstream = \"http://x\"\nport = 8787\n",
+                "agent.egress.a.port: the agent itself listens",
+            ),
+        ] {
+            let error = invalid(text);
+            assert!(error.contains(says), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     SandboxRunning,
     /// The thing asked for does not exist.
     NotFound,
+    /// An agent's request through an egress port could not reach its upstream.
+    EgressUnreachable,
     Internal,
 }
 
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::AdminUnauthorized => "admin_unauthorized",
             ErrorCode::SandboxRunning => "sandbox_running",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::EgressUnreachable => "egress_unreachable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -68,7 +71,9 @@ impl ErrorCode {
             ErrorCode::CapacityExhausted
             | ErrorCode::ShuttingDown
             | ErrorCode::StoreUnavailable => 503,
-            ErrorCode::SandboxStartFailed | ErrorCode::SandboxUnreachable => 502,
+            ErrorCode::SandboxStartFailed
+            | ErrorCode::SandboxUnreachable
+            | ErrorCode::EgressUnreachable => 502,
             ErrorCode::Internal => 500,
         }
     }
@@ -80,6 +85,7 @@ impl ErrorCode {
             ErrorCode::CapacityExhausted
                 | ErrorCode::SandboxStartFailed
                 | ErrorCode::SandboxUnreachable
+                | ErrorCode::EgressUnreachable
                 | ErrorCode::ShuttingDown
                 | ErrorCode::StoreUnavailable
         )

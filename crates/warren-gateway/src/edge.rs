@@ -277,7 +277,7 @@ async fn forward(
         authorization: caller.source == Source::Header,
         cookie_name: &edge.ctx.config.auth.cookie_name,
     };
-    let openclaw = edge.ctx.config.agent.kind == AgentKind::Openclaw;
+    let openclaw = edge.ctx.agent(&caller.tenant).kind == AgentKind::Openclaw;
     if openclaw
         && path.split('?').next() == Some("/api/history")
         && request.method() == http::Method::GET

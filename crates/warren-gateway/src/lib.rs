@@ -4,7 +4,7 @@
 //! tenant) starts the sandbox through `admission` and the runtime, and `proxy` carries
 //! bytes to the agent. Every sandbox transition is written to the state store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -12,15 +12,17 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use warren_core::auth::Signer;
-use warren_core::config::{AgentKind, Config, SandboxProfile};
+use warren_core::config::{Config, DEFAULT_AGENT, SandboxProfile};
 use warren_core::{Secret, TenantId};
 use warren_runtime::{Runtime, Sandbox};
 use warren_state::StateStore;
 use warren_store::{Freeze, SyncEngine};
 
 pub mod admin;
+pub mod agent;
 pub mod admission;
 pub mod edge;
+pub mod egress;
 pub mod error;
 pub mod handover;
 pub mod metrics;
@@ -57,8 +59,10 @@ pub struct Context {
     pub client: Client<upstream::Upstreams, Body>,
     /// Which name reaches which sandbox.
     pub upstreams: upstream::Upstreams,
-    /// The agent's program and arguments, run in every sandbox.
-    pub agent_command: Vec<String>,
+    /// Every agent profile by name, ready to run (`DEFAULT_AGENT` for `[agent]`).
+    pub agents: BTreeMap<String, agent::Agent>,
+    /// Serves the agents' egress ports.
+    pub egress: egress::Egress,
     /// The monotonic origin of activity clocks.
     pub epoch: Instant,
     /// Set once shutdown begins: `/readyz` fails so balancers stop sending traffic, and
@@ -81,7 +85,8 @@ impl Context {
         signer: Signer,
         admin_token: Secret,
         services: Services,
-        agent_command: Vec<String>,
+        agents: BTreeMap<String, agent::Agent>,
+        egress: egress::Egress,
     ) -> Self {
         let admission = Arc::new(admission::Admission::new(
             config.max_instances,
@@ -102,7 +107,8 @@ impl Context {
             admission,
             client,
             upstreams,
-            agent_command,
+            agents,
+            egress,
             // A day back, so an activity clock carried over from an earlier gateway
             // (up to a day old) is still a number on this one's clock.
             epoch: Instant::now()
@@ -152,25 +158,13 @@ impl Context {
         tenants
     }
 
-    /// What the tenant's agent gets in its environment besides the runtime's own: for
-    /// OpenClaw, its gateway token (which warren keeps to itself) and the switches
-    /// that keep it to serving one user behind warren.
-    pub fn agent_env(&self, tenant: &TenantId) -> Vec<(String, String)> {
-        match self.config.agent.kind {
-            AgentKind::Openclaw => {
-                let token = self.signer.agent_token(tenant).expose().to_owned();
-                let mut env = vec![("OPENCLAW_GATEWAY_TOKEN".to_owned(), token)];
-                for switch in [
-                    "OPENCLAW_DISABLE_BONJOUR",
-                    "OPENCLAW_NO_RESPAWN",
-                    "OPENCLAW_SKIP_CHANNELS",
-                ] {
-                    env.push((switch.to_owned(), "1".to_owned()));
-                }
-                env
-            }
-            AgentKind::Echo | AgentKind::Command => Vec::new(),
-        }
+    /// The agent profile `tenant`'s sandbox runs now.
+    pub fn agent(&self, tenant: &TenantId) -> &agent::Agent {
+        let name = self.profile(tenant).agent_name;
+        self.agents
+            .get(name)
+            .or_else(|| self.agents.get(DEFAULT_AGENT))
+            .expect("the gateway is made with every profile of its config")
     }
 
     /// A number no earlier sandbox of this deployment had.

@@ -806,6 +806,11 @@ impl Actor {
         let ctx = self.ctx.clone();
         let handle = self.handle.clone();
         tokio::spawn(async move {
+            let agent = ctx.agent(handle.tenant());
+            let connector = ctx.runtime.connector();
+            if let Err(e) = ctx.egress.serve(connector, &sandbox, &agent.egress).await {
+                tracing::error!(tenant = %handle.tenant(), error = %e, "cannot open a surviving sandbox's egress ports");
+            }
             let result = match ctx.admission.acquire(&handle).await {
                 Ok(slot) => Ok(Started {
                     upstream: ctx.upstreams.insert(generation, sandbox.endpoint.clone()),
@@ -1205,24 +1210,41 @@ async fn start_sandbox(
     let t2 = Instant::now();
     handle.enter_phase("create", started_ms);
     let profile = ctx.profile(handle.tenant());
+    let agent = ctx.agent(handle.tenant());
+    let failed = |m: String| ApiError::new(ErrorCode::SandboxStartFailed, m).retry_after(1);
+    let workspace = ctx.runtime.workspace(handle.tenant());
+    agent
+        .prepare(&workspace, handle.tenant())
+        .await
+        .map_err(|e| failed(format!("cannot write the agent's configuration: {e}")))?;
     let size = profile.size;
     let spec = SandboxSpec {
         tenant: handle.tenant().clone(),
         generation,
-        command: ctx.agent_command.clone(),
+        command: agent.command.clone(),
+        image: profile.agent.image.clone(),
         limits: Some(Limits::of(&size)),
-        env: ctx.agent_env(handle.tenant()),
+        env: agent.env(&ctx.signer, handle.tenant()),
         network: match profile.network {
             NetworkAccess::None => Network::LoopbackOnly,
             NetworkAccess::Outbound => Network::Outbound,
         },
     };
-    let failed = |m: String| ApiError::new(ErrorCode::SandboxStartFailed, m).retry_after(1);
     let sandbox = ctx
         .runtime
         .start(&spec)
         .await
         .map_err(|e| failed(e.to_string()))?;
+    if let Err(e) = ctx
+        .egress
+        .serve(ctx.runtime.connector(), &sandbox, &agent.egress)
+        .await
+    {
+        if let Err(stop) = ctx.runtime.stop(&sandbox, Duration::ZERO).await {
+            tracing::error!(tenant = %spec.tenant, error = %stop, "cannot stop a sandbox that failed to start");
+        }
+        return Err(failed(format!("cannot open the agent's egress ports: {e}")));
+    }
     let t3 = Instant::now();
     handle.enter_phase("boot", started_ms);
     // Recorded at once, so a gateway that dies during the readiness probe leaves a
@@ -1245,7 +1267,7 @@ async fn start_sandbox(
             .unwrap_or_else(|e| e.into_inner()) = value
     };
     set_running(Some((sandbox.clone(), upstream.clone())));
-    let readiness = ctx.config.agent.readiness_path();
+    let readiness = &agent.readiness_path;
     if let Err(e) = probe::wait_ready(&ctx.client, &sandbox, &upstream, readiness, deadline).await {
         set_running(None);
         ctx.upstreams.remove(&upstream);

@@ -83,6 +83,15 @@ fn engine(what: &str) -> impl FnOnce(bollard::errors::Error) -> RuntimeError + '
 }
 
 impl DockerRuntime {
+    /// Fails, with what to do, if `image` is not in the engine (nothing is pulled).
+    pub async fn check_image(&self, image: &str) -> Result<(), RuntimeError> {
+        self.docker.inspect_image(image).await.map(drop).map_err(|e| {
+            RuntimeError::Engine(format!(
+                "the image {image:?} is not there ({e}); build it with scripts/build-image"
+            ))
+        })
+    }
+
     /// Connects to the engine, checks the image is there, and removes containers a
     /// previous run with this data dir left behind after they ended.
     pub async fn connect(data_dir: &Path, options: DockerOptions) -> Result<Self, RuntimeError> {
@@ -93,12 +102,6 @@ impl DockerRuntime {
             .ping()
             .await
             .map_err(|e| RuntimeError::Engine(format!("no engine answers on {socket}: {e}")))?;
-        docker.inspect_image(&options.image).await.map_err(|e| {
-            RuntimeError::Engine(format!(
-                "the image {:?} is not there ({e}); build it with scripts/build-image",
-                options.image
-            ))
-        })?;
         let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
         let runtime = Self {
             docker,
@@ -108,6 +111,7 @@ impl DockerRuntime {
             connector: Connector::new(),
             cgroups: Hierarchy::detect(),
         };
+        runtime.check_image(&runtime.options.image).await?;
         runtime.remove_ended().await?;
         Ok(runtime)
     }
@@ -178,7 +182,7 @@ impl DockerRuntime {
             ..Default::default()
         };
         ContainerCreateBody {
-            image: Some(o.image.clone()),
+            image: Some(spec.image.clone().unwrap_or_else(|| o.image.clone())),
             // A command replaces the image's; none runs the image's own.
             entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(env),

@@ -31,6 +31,8 @@ pub struct SandboxSpec {
     pub generation: u64,
     /// The agent's program and arguments.
     pub command: Vec<String>,
+    /// For a container runtime: the image, if not the runtime's own.
+    pub image: Option<String>,
     /// What it may use; `None`: no limits (or none this host can enforce).
     pub limits: Option<cgroup::Limits>,
     /// The only environment the agent sees, besides what the runtime adds

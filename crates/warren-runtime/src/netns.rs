@@ -20,10 +20,18 @@ pub struct Endpoint {
     pub netns: Option<Arc<File>>,
 }
 
-struct Job {
-    netns: Arc<File>,
-    addr: SocketAddr,
-    reply: oneshot::Sender<std::io::Result<std::net::TcpStream>>,
+/// What the thread does inside a namespace.
+enum Job {
+    Connect {
+        netns: Arc<File>,
+        addr: SocketAddr,
+        reply: oneshot::Sender<std::io::Result<std::net::TcpStream>>,
+    },
+    Listen {
+        netns: Arc<File>,
+        addr: SocketAddr,
+        reply: oneshot::Sender<std::io::Result<std::net::TcpListener>>,
+    },
 }
 
 /// Connects to endpoints, entering their namespaces on one dedicated thread.
@@ -56,8 +64,21 @@ impl Connector {
             .name("netns-connect".into())
             .spawn(move || {
                 for job in rx {
-                    let result = connect_inside(&job.netns, &host, job.addr);
-                    let _ = job.reply.send(result);
+                    match job {
+                        Job::Connect { netns, addr, reply } => {
+                            let _ = reply.send(inside(&netns, &host, || {
+                                // Loopback answers at once; a wait means the namespace
+                                // is not up yet: fail fast and let the caller try again.
+                                std::net::TcpStream::connect_timeout(
+                                    &addr,
+                                    Duration::from_millis(100),
+                                )
+                            }));
+                        }
+                        Job::Listen { netns, addr, reply } => {
+                            let _ = reply.send(inside(&netns, &host, || listen(addr)));
+                        }
+                    }
                 }
             })?;
         *jobs = Some(tx.clone());
@@ -70,34 +91,73 @@ impl Connector {
             None => return tokio::net::TcpStream::connect(endpoint.addr).await,
             Some(netns) => {
                 let (reply, rx) = oneshot::channel();
-                self.sender()?
-                    .send(Job {
-                        netns: netns.clone(),
-                        addr: endpoint.addr,
-                        reply,
-                    })
-                    .map_err(|_| std::io::Error::other("the namespace connector thread is gone"))?;
-                rx.await.map_err(|_| {
-                    std::io::Error::other("the namespace connector thread is gone")
-                })??
+                self.run(Job::Connect {
+                    netns: netns.clone(),
+                    addr: endpoint.addr,
+                    reply,
+                })?;
+                rx.await.map_err(|_| gone())??
             }
         };
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         tokio::net::TcpStream::from_std(stream)
     }
+
+    /// A listening socket on `addr` inside the network namespace `netns` (the host's
+    /// with `None`). Connections to it come from that namespace: a sandbox's own
+    /// loopback reaches the gateway this way and no other. It allows others of this
+    /// user on the same address (`SO_REUSEPORT`), so a successor gateway can listen
+    /// before its predecessor has let go.
+    pub async fn listen(
+        &self,
+        netns: Option<&Arc<File>>,
+        addr: SocketAddr,
+    ) -> std::io::Result<tokio::net::TcpListener> {
+        let listener = match netns {
+            None => listen(addr)?,
+            Some(netns) => {
+                let (reply, rx) = oneshot::channel();
+                self.run(Job::Listen {
+                    netns: netns.clone(),
+                    addr,
+                    reply,
+                })?;
+                rx.await.map_err(|_| gone())??
+            }
+        };
+        tokio::net::TcpListener::from_std(listener)
+    }
+
+    fn run(&self, job: Job) -> std::io::Result<()> {
+        self.sender()?.send(job).map_err(|_| gone())
+    }
 }
 
-/// Enters `netns`, connects (loopback: at once or refused), and returns to `host`.
-fn connect_inside(
+fn gone() -> std::io::Error {
+    std::io::Error::other("the namespace connector thread is gone")
+}
+
+/// A non-blocking listening socket on `addr`, shared with others of this user.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// Enters `netns`, does `work`, and returns to `host`.
+fn inside<T>(
     netns: &File,
     host: &File,
-    addr: SocketAddr,
-) -> std::io::Result<std::net::TcpStream> {
+    work: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
     setns(netns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-    // Loopback answers at once; a wait means the namespace is not up yet: fail fast and
-    // let the caller try again.
-    let result = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100));
+    let result = work();
     // Failing to return would leave this thread in a sandbox: stop it instead.
     setns(host, CloneFlags::CLONE_NEWNET)
         .expect("the connector thread returns to the host's network namespace");

@@ -960,6 +960,7 @@ pub(crate) mod tests {
             tenant: TenantId::parse(tenant).unwrap(),
             generation: 1,
             command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            image: None,
             limits: None,
             env: vec![("AGENT_TOKEN".into(), "t".into())],
             network: Default::default(),

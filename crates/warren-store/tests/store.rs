@@ -719,6 +719,7 @@ async fn sqlite_in_wal_mode_never_restores_torn_while_its_writer_runs() {
         tenant: t.clone(),
         generation: 1,
         command: vec!["/usr/bin/python3".into(), "-c".into(), SQLITE_WRITER.into()],
+        image: None,
         limits: None,
         env: vec![],
         network: Default::default(),

