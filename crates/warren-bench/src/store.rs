@@ -147,6 +147,7 @@ fn default_settings() -> SyncSettings {
             gc_grace: r.gc_grace.0,
         },
         single_writer: sync.single_writer,
+        exclude: sync.exclude,
     }
 }
 

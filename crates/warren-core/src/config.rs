@@ -297,6 +297,9 @@ pub enum AgentKind {
     Openclaw,
 }
 
+/// OpenClaw's cache in its state dir (`$HOME/.openclaw`), relative to the workspace.
+pub const OPENCLAW_CACHE: &str = ".openclaw/cache";
+
 /// The name of the `[agent]` profile, for tenants whose tier and table choose none.
 pub const DEFAULT_AGENT: &str = "default";
 
@@ -499,6 +502,10 @@ pub struct SyncConfig {
     /// newest (unless the gateway has seen otherwise) and does not ask the store.
     /// Leave off when tenants move between gateways that share a store.
     pub single_writer: bool,
+    /// Paths in every workspace (relative to it, with what is below them) that are
+    /// never synced: caches an agent rebuilds. OpenClaw's `.openclaw/cache` is left out
+    /// whenever a profile runs OpenClaw.
+    pub exclude: Vec<String>,
 }
 
 impl Default for SyncConfig {
@@ -509,6 +516,7 @@ impl Default for SyncConfig {
             safety_interval: ConfigDuration(Duration::from_secs(60)),
             upload_concurrency: 8,
             single_writer: false,
+            exclude: Vec::new(),
         }
     }
 }
@@ -693,6 +701,17 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The workspace paths never synced: `sync.exclude`, and OpenClaw's cache of its
+    /// control UI (54 MB, rebuilt at its start) where a profile runs OpenClaw.
+    pub fn sync_exclude(&self) -> Vec<String> {
+        let mut exclude = self.sync.exclude.clone();
+        let openclaw = self.agent_profiles().any(|(_, a)| a.kind == AgentKind::Openclaw);
+        if openclaw && !exclude.iter().any(|p| p == OPENCLAW_CACHE) {
+            exclude.push(OPENCLAW_CACHE.to_owned());
+        }
+        exclude
+    }
+
     /// Reads a config file, or the embedded defaults when `path` is `None`, then applies
     /// environment overrides and validates the result.
     pub fn load(
@@ -876,6 +895,16 @@ impl Config {
         if self.store.kind == StoreKind::S3 && self.store.bucket.as_deref().unwrap_or("").is_empty()
         {
             return invalid("store.bucket is required when store.kind = \"s3\"".into());
+        }
+        if let Some(path) = self.sync.exclude.iter().find(|p| {
+            p.is_empty()
+                || p.starts_with('/')
+                || p.ends_with('/')
+                || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        }) {
+            return invalid(format!(
+                "sync.exclude: {path:?} must be a path relative to the workspace, like \".cache\" or \"state/tmp\""
+            ));
         }
         if self.sync.debounce.0 > self.sync.max_delay.0 {
             return invalid("sync.debounce must not be longer than sync.max_delay".into());
@@ -1154,6 +1183,17 @@ mod tests {
         let claw = c.agent_profile("claw").unwrap();
         assert_eq!(claw.egress["llm"].port, 18790);
         assert_eq!(c.agent_profiles().count(), 3);
+    }
+
+    #[test]
+    fn openclaws_cache_is_never_synced_and_exclusions_are_relative_paths() {
+        let c = Config::parse("[sync]\nexclude = [\"tmp\"]\n[agents.claw]\nkind = \"openclaw\"\n").unwrap();
+        assert_eq!(c.sync_exclude(), ["tmp", OPENCLAW_CACHE]);
+        assert!(Config::default().sync_exclude().is_empty());
+        for path in ["/etc", "a/../b", "", "cache/", "./x"] {
+            let error = invalid(&format!("[sync]\nexclude = [{path:?}]\n"));
+            assert!(error.contains("sync.exclude"), "{path}: {error}");
+        }
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! frame a client sends is read whole and, if it is that `connect` request, its `auth`
 //! is replaced with the tenant's token before it goes on; every other byte passes as
 //! it is. A first frame that is not JSON, not a text frame, fragmented or larger than
-//! `MAX_FIRST_FRAME` goes on untouched (OpenClaw then refuses it, as it would anyway).
+//! `MAX_FRAME` goes on untouched (OpenClaw then refuses it, as it would anyway). In the
+//! other direction, OpenClaw's answer to that `connect`, if it refuses the token (only
+//! a gateway whose signing secret changed while the agent ran can cause it), gets a
+//! message that makes sense to a user who never had a token; its codes stay.
 //!
 //! `GET /api/history` of an OpenClaw tenant is answered by the gateway itself: it opens
 //! OpenClaw's protocol with the tenant's token and asks `chat.history`.
@@ -15,30 +18,63 @@ use std::task::{Context as TaskContext, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use warren_core::Secret;
 
-/// The largest first frame that is read whole to be rewritten.
-const MAX_FIRST_FRAME: usize = 1 << 20;
+/// The largest frame that is read whole to be rewritten.
+const MAX_FRAME: usize = 1 << 20;
 
-/// A client connection whose first frame gets the tenant's token (see the module).
-pub struct InjectToken<T> {
+/// A connection whose first frames go through a `Filter` (see the module).
+pub struct Filtered<T> {
     io: T,
-    token: Secret,
+    filter: Filter,
     state: State,
 }
 
+/// What is done to the first frames of one direction of an OpenClaw WebSocket.
+pub enum Filter {
+    /// The client's: its first frame, if OpenClaw's `connect`, gets this token.
+    InjectToken(Secret),
+    /// OpenClaw's: its answer to the `connect`, if a refusal of the token, gets a
+    /// message a user can act on; looked for in this many frames at most.
+    ExplainAuth(usize),
+}
+
+/// How many of OpenClaw's first frames may come before its answer to the `connect`
+/// (the challenge, events).
+const FRAMES_BEFORE_ANSWER: usize = 8;
+
+impl Filter {
+    pub fn explain_auth() -> Self {
+        Filter::ExplainAuth(FRAMES_BEFORE_ANSWER)
+    }
+
+    /// What goes on in place of `frame` (`None`: the frame itself), and whether the
+    /// filter is done with the stream.
+    fn apply(&mut self, frame: &[u8]) -> (Option<Vec<u8>>, bool) {
+        match self {
+            Filter::InjectToken(token) => (rewrite(frame, token.expose()), true),
+            Filter::ExplainAuth(left) => {
+                *left = left.saturating_sub(1);
+                let (out, answered) = explain(frame);
+                (out, answered || *left == 0)
+            }
+        }
+    }
+}
+
 enum State {
-    /// Gathering the first frame.
-    First(Vec<u8>),
-    /// Handing out the first frame, rewritten or not, from `.1` on.
-    Serving(Vec<u8>, usize),
+    /// Gathering a frame.
+    Gathering(Vec<u8>),
+    /// Handing out `.0` from `.1` on; then gathering again from `.2`, or, with `None`,
+    /// passing everything through.
+    Serving(Vec<u8>, usize, Option<Vec<u8>>),
     Through,
 }
 
-impl<T> InjectToken<T> {
-    pub fn new(io: T, token: Secret) -> Self {
+impl<T> Filtered<T> {
+    pub fn new(io: T, filter: Filter) -> Self {
         Self {
             io,
-            token,
-            state: State::First(Vec::new()),
+            filter,
+            state: State::Gathering(Vec::new()),
         }
     }
 }
@@ -90,9 +126,55 @@ impl Header {
 /// `frame` with `params.auth` set to `token` if it is OpenClaw's `connect` request, as
 /// a new masked text frame; otherwise `None` (it goes on as it was).
 fn rewrite(bytes: &[u8], token: &str) -> Option<Vec<u8>> {
+    let (header, mut request) = json_frame(bytes)?;
+    // Masked, as every client frame must be.
+    if !header.masked || request["type"] != "req" || request["method"] != "connect" {
+        return None;
+    }
+    let params = request.get_mut("params")?.as_object_mut()?;
+    params.insert("auth".into(), serde_json::json!({ "token": token }));
+    Some(encode_text(
+        &serde_json::to_vec(&request).ok()?,
+        Some(header.mask),
+    ))
+}
+
+/// For one of OpenClaw's frames: a refusal of the `connect` for its token (`AUTH_*`),
+/// with a message that makes sense to the user of warren, who never had a token (only
+/// a gateway with another signing secret than the one the agent was started with can
+/// cause it); and whether this was the answer to the `connect`.
+fn explain(bytes: &[u8]) -> (Option<Vec<u8>>, bool) {
+    let Some((header, mut answer)) = json_frame(bytes) else {
+        return (None, false);
+    };
+    if header.masked || answer["type"] != "res" {
+        return (None, false);
+    }
+    let refused = answer["ok"] == false
+        && answer["error"]["details"]["code"]
+            .as_str()
+            .is_some_and(|code| code.starts_with("AUTH_"));
+    if !refused {
+        return (None, true);
+    }
+    answer["error"]["message"] = AUTH_REFUSED.into();
+    (
+        serde_json::to_vec(&answer)
+            .ok()
+            .map(|payload| encode_text(&payload, None)),
+        true,
+    )
+}
+
+/// What a user is told when their agent refuses the token warren gave it.
+pub const AUTH_REFUSED: &str = "your agent did not accept the credentials warren keeps for it: \
+     the deployment's signing secret changed while it ran. Nothing is lost; it takes the \
+     new one when it next starts (after it sleeps), or an operator can restart it now";
+
+/// The header and JSON payload of `bytes` if it is a whole, final text frame of JSON.
+fn json_frame(bytes: &[u8]) -> Option<(Header, serde_json::Value)> {
     let header = Header::parse(bytes)?;
-    // A final text frame, masked as every client frame must be.
-    if header.first != 0x81 || !header.masked {
+    if header.first != 0x81 {
         return None;
     }
     let mask = header.mask;
@@ -102,38 +184,33 @@ fn rewrite(bytes: &[u8], token: &str) -> Option<Vec<u8>> {
         .enumerate()
         .map(|(i, b)| b ^ mask[i % 4])
         .collect();
-    let mut request: serde_json::Value = serde_json::from_slice(&payload).ok()?;
-    if request["type"] != "req" || request["method"] != "connect" {
-        return None;
-    }
-    let params = request.get_mut("params")?.as_object_mut()?;
-    params.insert("auth".into(), serde_json::json!({ "token": token }));
-    Some(encode_masked_text(
-        &serde_json::to_vec(&request).ok()?,
-        mask,
-    ))
+    Some((header, serde_json::from_slice(&payload).ok()?))
 }
 
-/// A final, masked text frame holding `payload`.
-fn encode_masked_text(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+/// A final text frame holding `payload`, masked with `mask` if given (a client's).
+fn encode_text(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let bit = if mask.is_some() { 0x80 } else { 0 };
     let mut out = vec![0x81];
     match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 126 => out.push(bit | n as u8),
         n if n <= u16::MAX as usize => {
-            out.push(0x80 | 126);
+            out.push(bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(0x80 | 127);
+            out.push(bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(&mask);
+    let mask = mask.unwrap_or_default();
+    if bit != 0 {
+        out.extend_from_slice(&mask);
+    }
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     out
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for InjectToken<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Filtered<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -143,43 +220,48 @@ impl<T: AsyncRead + Unpin> AsyncRead for InjectToken<T> {
         loop {
             match &mut this.state {
                 State::Through => return Pin::new(&mut this.io).poll_read(cx, buf),
-                State::Serving(bytes, at) => {
+                State::Serving(bytes, at, next) => {
                     let n = (bytes.len() - *at).min(buf.remaining());
                     buf.put_slice(&bytes[*at..*at + n]);
                     *at += n;
                     if *at == bytes.len() {
-                        this.state = State::Through;
+                        this.state = match next.take() {
+                            Some(rest) => State::Gathering(rest),
+                            None => State::Through,
+                        };
                     }
                     return Poll::Ready(Ok(()));
                 }
-                State::First(gathered) => {
+                State::Gathering(gathered) => {
                     let size = Header::parse(gathered).and_then(|h| h.size());
                     let whole = size.filter(|size| gathered.len() >= *size);
-                    let too_large = size.is_some_and(|s| s > MAX_FIRST_FRAME);
-                    if whole.is_some() || too_large {
-                        let gathered = std::mem::take(gathered);
-                        let bytes = match whole {
-                            Some(size) => {
-                                let (first, rest) = gathered.split_at(size);
-                                let mut out = rewrite(first, this.token.expose())
-                                    .unwrap_or_else(|| first.to_vec());
-                                out.extend_from_slice(rest);
-                                out
-                            }
-                            None => gathered,
+                    let too_large = size.is_some_and(|s| s > MAX_FRAME);
+                    if let Some(size) = whole {
+                        let mut rest = gathered.split_off(size);
+                        let frame = std::mem::take(gathered);
+                        let (out, done) = this.filter.apply(&frame);
+                        let mut out = out.unwrap_or(frame);
+                        this.state = if done {
+                            out.append(&mut rest);
+                            State::Serving(out, 0, None)
+                        } else {
+                            State::Serving(out, 0, Some(rest))
                         };
-                        this.state = State::Serving(bytes, 0);
+                        continue;
+                    }
+                    if too_large {
+                        this.state = State::Serving(std::mem::take(gathered), 0, None);
                         continue;
                     }
                     let mut chunk = [0u8; 8192];
                     let mut read = ReadBuf::new(&mut chunk);
                     std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
                     if read.filled().is_empty() {
-                        // The client ended before a whole frame: pass on what came.
+                        // The stream ended within a frame: pass on what came.
                         let gathered = std::mem::take(gathered);
                         this.state = match gathered.is_empty() {
                             true => State::Through,
-                            false => State::Serving(gathered, 0),
+                            false => State::Serving(gathered, 0, None),
                         };
                         continue;
                     }
@@ -190,7 +272,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for InjectToken<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for InjectToken<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Filtered<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -301,6 +383,10 @@ mod tests {
 
     const MASK: [u8; 4] = [1, 2, 3, 4];
 
+    fn masked(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        encode_text(payload, Some(mask))
+    }
+
     fn unmasked_payload(bytes: &[u8]) -> serde_json::Value {
         let header = Header::parse(bytes).unwrap();
         let mask = header.mask;
@@ -313,6 +399,10 @@ mod tests {
     }
 
     async fn through(input: Vec<u8>, chunk: usize) -> Vec<u8> {
+        filtered(input, chunk, Filter::InjectToken(Secret::new("the-tenant-token"))).await
+    }
+
+    async fn filtered(input: Vec<u8>, chunk: usize, filter: Filter) -> Vec<u8> {
         // A reader that hands out `chunk` bytes at a time, as a slow client would.
         let (mut writer, reader) = tokio::io::duplex(64);
         tokio::spawn(async move {
@@ -322,7 +412,7 @@ mod tests {
             }
         });
         let mut out = Vec::new();
-        InjectToken::new(reader, Secret::new("the-tenant-token"))
+        Filtered::new(reader, filter)
             .read_to_end(&mut out)
             .await
             .unwrap();
@@ -333,8 +423,8 @@ mod tests {
     async fn a_connect_request_gets_the_tenants_token_whatever_the_client_sent() {
         let connect = serde_json::json!({"type": "req", "id": "c1", "method": "connect",
             "params": {"minProtocol": 4, "auth": {"token": "guessed", "password": "x"}}});
-        let first = encode_masked_text(connect.to_string().as_bytes(), MASK);
-        let second = encode_masked_text(b"{\"type\":\"req\",\"method\":\"chat.send\"}", MASK);
+        let first = masked(connect.to_string().as_bytes(), MASK);
+        let second = masked(b"{\"type\":\"req\",\"method\":\"chat.send\"}", MASK);
         for chunk in [1, 7, 4096] {
             let out = through([first.clone(), second.clone()].concat(), chunk).await;
             let size = Header::parse(&out).unwrap().size().unwrap();
@@ -350,12 +440,50 @@ mod tests {
 
     #[tokio::test]
     async fn other_first_frames_pass_untouched() {
-        let other = encode_masked_text(b"{\"type\":\"req\",\"method\":\"chat.send\"}", MASK);
-        let not_json = encode_masked_text(b"hello", MASK);
+        let other = masked(b"{\"type\":\"req\",\"method\":\"chat.send\"}", MASK);
+        let not_json = masked(b"hello", MASK);
         let binary = [&[0x82u8, 0x80 | 2][..], &MASK, &[9, 9]].concat();
-        let large = encode_masked_text(&vec![b' '; 70_000], MASK);
+        let large = masked(&vec![b' '; 70_000], MASK);
         for input in [other, not_json, binary, large, b"\x81".to_vec(), Vec::new()] {
             assert_eq!(through(input.clone(), 5).await, input);
+        }
+    }
+
+    fn server_text(value: serde_json::Value) -> Vec<u8> {
+        encode_text(value.to_string().as_bytes(), None)
+    }
+
+    #[tokio::test]
+    async fn a_refusal_of_the_token_is_explained_to_the_user_and_nothing_else_changes() {
+        let challenge = server_text(serde_json::json!({"type": "event", "event": "connect.challenge",
+            "payload": {"nonce": "n"}}));
+        let refused = server_text(serde_json::json!({"type": "res", "id": "c1", "ok": false,
+            "error": {"code": "INVALID_REQUEST",
+                "message": "unauthorized: gateway token mismatch (use this gateway's gateway.auth.token or pair the device)",
+                "details": {"code": "AUTH_TOKEN_MISMATCH"}}}));
+        let close = b"\x88\x02\x03\xf0".to_vec();
+        for chunk in [1, 3, 4096] {
+            let input = [challenge.clone(), refused.clone(), close.clone()].concat();
+            let out = filtered(input, chunk, Filter::explain_auth()).await;
+            assert_eq!(&out[..challenge.len()], &challenge[..], "the challenge passes");
+            let (header, answer) = json_frame(&out[challenge.len()..]).unwrap();
+            assert!(!header.masked);
+            assert_eq!(answer["error"]["message"], AUTH_REFUSED);
+            assert_eq!(answer["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH", "codes stay");
+            assert_eq!(answer["id"], "c1");
+            let end = challenge.len() + header.size().unwrap();
+            assert_eq!(&out[end..], &close[..], "the close passes as it was");
+        }
+        // A welcome, other refusals and what follows the answer pass untouched.
+        let hello = server_text(serde_json::json!({"type": "res", "id": "c1", "ok": true,
+            "payload": {"type": "hello-ok"}}));
+        let other = server_text(serde_json::json!({"type": "res", "id": "c1", "ok": false,
+            "error": {"code": "INVALID_REQUEST", "details": {"code": "PROTOCOL_MISMATCH"}}}));
+        for input in [
+            [challenge.clone(), hello.clone(), refused.clone()].concat(),
+            [other, refused.clone()].concat(),
+        ] {
+            assert_eq!(filtered(input.clone(), 5, Filter::explain_auth()).await, input);
         }
     }
 }

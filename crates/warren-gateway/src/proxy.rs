@@ -222,8 +222,11 @@ pub async fn websocket(
         .map_err(|_| unreachable())?;
     for name in WS_FORWARDED {
         // OpenClaw refuses a browser's `Origin` (warren's address, not its own); warren
-        // has authenticated the user, and its cookie is SameSite=Lax.
-        if inject.is_some() && name == header::ORIGIN {
+        // has authenticated the user, and its cookie is SameSite=Lax. Its frames are
+        // read (see `openclaw`), so they must not be compressed.
+        if inject.is_some()
+            && (name == header::ORIGIN || name == header::SEC_WEBSOCKET_EXTENSIONS)
+        {
             continue;
         }
         for value in headers.get_all(&name) {
@@ -281,7 +284,9 @@ pub async fn websocket(
                 let (client, agent) = (TokioIo::new(client), TokioIo::new(agent));
                 match inject {
                     Some(token) => {
-                        let client = crate::openclaw::InjectToken::new(client, token);
+                        use crate::openclaw::{Filter, Filtered};
+                        let client = Filtered::new(client, Filter::InjectToken(token));
+                        let agent = Filtered::new(agent, Filter::explain_auth());
                         relay(client, agent, lease, &ctx).await
                     }
                     None => relay(client, agent, lease, &ctx).await,

@@ -40,8 +40,14 @@ fn stat_key(meta: &std::fs::Metadata, started_ns: i64) -> StatKey {
     }
 }
 
-/// Walks `workspace`. `started_ns` is the wall-clock time the capture began.
-pub fn capture(workspace: &Path, known: &LocalState, started_ns: i64) -> std::io::Result<Captured> {
+/// Walks `workspace`, leaving out the paths `exclude` names (relative to it, with
+/// what is below them). `started_ns` is the wall-clock time the capture began.
+pub fn capture(
+    workspace: &Path,
+    known: &LocalState,
+    started_ns: i64,
+    exclude: &[String],
+) -> std::io::Result<Captured> {
     let known_chunks: HashMap<&str, &Vec<ChunkRef>> = known
         .manifest
         .entries
@@ -54,7 +60,7 @@ pub fn capture(workspace: &Path, known: &LocalState, started_ns: i64) -> std::io
         contents: Vec::new(),
         stats: HashMap::new(),
     };
-    walk(workspace, "", &mut |rel, meta| {
+    walk(workspace, "", exclude, &mut |rel, meta| {
         let mode = meta.mode() & 0o7777;
         let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
         let file_type = meta.file_type();
@@ -120,10 +126,12 @@ fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(content)
 }
 
-/// Visits every entry below `root` in path order, without following symlinks.
+/// Visits every entry below `root` in path order, without following symlinks, except
+/// those `exclude` names and what is below them.
 fn walk(
     root: &Path,
     rel: &str,
+    exclude: &[String],
     visit: &mut dyn FnMut(&str, &std::fs::Metadata) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let dir = if rel.is_empty() {
@@ -146,6 +154,9 @@ fn walk(
         } else {
             format!("{rel}/{name}")
         };
+        if exclude.contains(&child) {
+            continue;
+        }
         let meta = match std::fs::symlink_metadata(root.join(&child)) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -153,7 +164,7 @@ fn walk(
         };
         visit(&child, &meta)?;
         if meta.is_dir() {
-            walk(root, &child, visit)?;
+            walk(root, &child, exclude, visit)?;
         }
     }
     Ok(())

@@ -42,6 +42,9 @@ pub struct SyncSettings {
     /// start need not ask the store whether the local copy is current, unless this
     /// engine has seen otherwise.
     pub single_writer: bool,
+    /// Paths in every workspace (relative, with what is below them) that are never
+    /// synced: caches an agent rebuilds.
+    pub exclude: Vec<String>,
 }
 
 /// What `/api/status` and the CLI show of a tenant's sync.
@@ -209,7 +212,7 @@ impl SyncEngine {
             &self.layout.sync_state(tenant),
             freeze,
             &self.writer,
-            self.settings.upload_concurrency,
+            &self.settings,
         )
         .await;
         let now = unix_ms();
@@ -310,7 +313,8 @@ impl SyncEngine {
         if !workspace.exists() {
             return Ok(None);
         }
-        let captured = crate::capture::capture(workspace, local, i64::MAX)?;
+        let captured =
+            crate::capture::capture(workspace, local, i64::MAX, &self.settings.exclude)?;
         let unsynced = local.seq.is_none() && !captured.entries.is_empty()
             || !captured.contents.is_empty()
             || captured.entries.len() != local.manifest.entries.len();

@@ -116,8 +116,9 @@ pub async fn sync_workspace(
     state_path: &Path,
     freeze: Option<&dyn Freeze>,
     writer: &str,
-    upload_concurrency: usize,
+    settings: &crate::engine::SyncSettings,
 ) -> Result<SyncReport, StoreError> {
+    let (upload_concurrency, exclude) = (settings.upload_concurrency, &settings.exclude);
     let started = Instant::now();
     let mut state = LocalState::load(state_path);
     let head = store.snapshot_seqs(tenant).await?.last().copied();
@@ -160,7 +161,9 @@ pub async fn sync_workspace(
     }
     let captured = {
         let (workspace, known) = (workspace.to_owned(), state.clone());
-        tokio::task::spawn_blocking(move || capture(&workspace, &known, started_ns)).await
+        let exclude = exclude.to_vec();
+        tokio::task::spawn_blocking(move || capture(&workspace, &known, started_ns, &exclude))
+            .await
     };
     drop(guard);
     let frozen_ms = frozen_at.elapsed().as_millis() as u64;

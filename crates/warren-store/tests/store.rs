@@ -602,6 +602,43 @@ async fn a_single_writer_starts_from_its_own_copy_without_asking_the_store() {
 }
 
 #[tokio::test]
+async fn excluded_paths_are_never_synced_and_a_new_machine_goes_without_them() {
+    let backend = Backend::local();
+    let t = tenant("user_a");
+    let a = Machine::with_settings(&backend, "gw-a", |s| {
+        s.exclude = vec![".openclaw/cache".into()]
+    });
+    write_files(
+        &a.workspace(&t),
+        &[
+            (".openclaw/state/db", b"history"),
+            (".openclaw/cache/ui.js", b"rebuilt at boot"),
+            (".openclaw/cache-not/x", b"a neighbour, kept"),
+        ],
+    );
+    a.engine.sync(&t, None).await.unwrap();
+    // A change in the cache alone is no change of the workspace.
+    write_files(&a.workspace(&t), &[(".openclaw/cache/ui.js", b"rebuilt again")]);
+    a.engine.sync(&t, None).await.unwrap();
+    assert_eq!(a.engine.snapshots(&t).await.unwrap().len(), 1);
+
+    let b = Machine::new(&backend, "gw-b");
+    assert!(matches!(
+        b.engine.prepare(&t).await.unwrap(),
+        Prepared::Restored { .. }
+    ));
+    let names: Vec<String> = read_tree(&b.workspace(&t))
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(names.contains(&".openclaw/state/db".to_owned()), "{names:?}");
+    assert!(names.contains(&".openclaw/cache-not/x".to_owned()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with(".openclaw/cache/")), "{names:?}");
+    // The machine that has the cache keeps it.
+    assert!(a.workspace(&t).join(".openclaw/cache/ui.js").exists());
+}
+
+#[tokio::test]
 async fn sweep_syncs_every_tenant_and_reports() {
     let backend = Backend::local();
     let m = Machine::new(&backend, "gw");

@@ -131,6 +131,7 @@ pub fn sync_engine(config: &Config, writer: &str) -> anyhow::Result<Arc<SyncEngi
             gc_grace: r.gc_grace.0,
         },
         single_writer: config.sync.single_writer,
+        exclude: config.sync_exclude(),
     };
     Ok(SyncEngine::new(
         store(config)?,

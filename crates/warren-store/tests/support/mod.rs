@@ -132,6 +132,7 @@ pub fn settings(retention: RetentionPolicy) -> SyncSettings {
         upload_concurrency: 8,
         retention,
         single_writer: false,
+        exclude: Vec::new(),
     }
 }
 
