@@ -10,7 +10,10 @@ use warren_core::TenantId;
 
 use crate::egress::Route;
 
-/// warren's own OpenClaw template: no model provider, the gateway as warren runs it.
+/// warren's own OpenClaw template: no model provider; no fetches at start of what a
+/// sandbox cannot reach (the model catalogue, a version check); the control UI served
+/// from the installed, read-only copy (otherwise OpenClaw copies its 54 MB of assets
+/// into every tenant's state dir).
 pub const OPENCLAW_TEMPLATE: &str = include_str!("openclaw.json");
 
 /// Where OpenClaw reads its configuration, inside the tenant's workspace (its `HOME`).
@@ -24,6 +27,8 @@ pub struct Agent {
     pub egress: Vec<Route>,
     /// For OpenClaw: the text `openclaw.json` is rendered from.
     template: Option<String>,
+    /// For OpenClaw: where it is installed.
+    openclaw_dir: String,
 }
 
 impl Agent {
@@ -53,6 +58,8 @@ impl Agent {
             readiness_path: config.readiness_path().to_owned(),
             egress,
             template,
+            // As it goes inside a JSON string.
+            openclaw_dir: json_escaped(&config.openclaw_dir.to_string_lossy()),
         };
         // Every placeholder must be one warren fills.
         if let Some(Err(e)) = agent.render(&TenantId::parse("template-check").expect("a valid id")) {
@@ -82,8 +89,9 @@ impl Agent {
         }
     }
 
-    /// The tenant's `openclaw.json`: the template with `{{tenant}}` and
-    /// `{{egress.<name>}}` (the egress port's URL on the sandbox's loopback) filled in.
+    /// The tenant's `openclaw.json`: the template with `{{tenant}}`, `{{openclaw_dir}}`
+    /// and `{{egress.<name>}}` (the egress port's URL on the sandbox's loopback) filled
+    /// in.
     /// `None` for agents that have none.
     pub fn render(&self, tenant: &TenantId) -> Option<Result<String, String>> {
         let template = self.template.as_deref()?;
@@ -97,6 +105,7 @@ impl Agent {
             let name = rest[at + 2..at + end].trim();
             match name.strip_prefix("egress.") {
                 _ if name == "tenant" => out.push_str(tenant.as_str()),
+                _ if name == "openclaw_dir" => out.push_str(&self.openclaw_dir),
                 Some(egress) => match self.egress.iter().find(|r| r.name == egress) {
                     Some(route) => out.push_str(&route.local_url()),
                     None => {
@@ -127,6 +136,12 @@ impl Agent {
             .await
             .map_err(std::io::Error::other)?
     }
+}
+
+/// `text` as the inside of a JSON string.
+fn json_escaped(text: &str) -> String {
+    let quoted = serde_json::Value::from(text).to_string();
+    quoted[1..quoted.len() - 1].to_owned()
 }
 
 /// Writes `path` whole or not at all: a new file renamed over the old.
@@ -197,6 +212,10 @@ mod tests {
         )
         .unwrap();
         let text = agent.render(&TenantId::parse("bob").unwrap()).unwrap().unwrap();
-        serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            config["gateway"]["controlUi"]["root"],
+            "/opt/warren/openclaw/node_modules/openclaw/dist/control-ui"
+        );
     }
 }
