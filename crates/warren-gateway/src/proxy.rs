@@ -47,6 +47,17 @@ const HOP_BY_HOP: [header::HeaderName; 8] = [
     header::HeaderName::from_static("keep-alive"),
 ];
 
+/// A client's claims about proxies before warren, which warren cannot vouch for and
+/// an agent would take for a proxy it does not trust (OpenClaw then treats a request
+/// from its own loopback as remote): never forwarded.
+const FORWARDING_CLAIMS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
 /// What the edge tells the proxy about the gateway's own credential.
 pub struct Strip<'a> {
     pub authorization: bool,
@@ -63,6 +74,9 @@ fn clean_headers(headers: &mut HeaderMap, strip: &Strip<'_>) {
         .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
     for name in HOP_BY_HOP.iter().chain(&listed) {
+        headers.remove(name);
+    }
+    for name in FORWARDING_CLAIMS {
         headers.remove(name);
     }
     if strip.authorization {
@@ -566,7 +580,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clean_headers_drops_hop_by_hop_and_the_gateways_credential() {
+    fn clean_headers_drops_hop_by_hop_forwarding_claims_and_the_gateways_credential() {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONNECTION,
@@ -588,6 +602,8 @@ mod tests {
         );
         headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.insert(header::FORWARDED, HeaderValue::from_static("for=10.0.0.1"));
         clean_headers(
             &mut headers,
             &Strip {
