@@ -52,6 +52,8 @@ pub struct Status {
     pub instance_type: String,
     /// What its network reaches: `none` (loopback only) or `outbound`.
     pub network: NetworkAccess,
+    /// The agent profile it runs (`default`: `[agent]`).
+    pub agent: String,
     /// How the workspace stands with the store.
     pub sync: SyncStatus,
     /// While starting: the phase the start is in.
@@ -70,6 +72,7 @@ impl Status {
             tier: None,
             instance_type: String::new(),
             network: NetworkAccess::None,
+            agent: String::new(),
             sync: ctx.sync.status(tenant),
             phase: None,
         };
@@ -84,6 +87,7 @@ impl Status {
         self.tier = profile.tier.map(str::to_owned);
         profile.instance_type.clone_into(&mut self.instance_type);
         self.network = profile.network;
+        profile.agent_name.clone_into(&mut self.agent);
     }
 }
 

@@ -85,11 +85,12 @@ async fn offline(settings: &Config, args: &Args) -> anyhow::Result<()> {
         .find_map(|(t, tier)| (t == args.tenant).then_some(tier));
     let profile = settings.sandbox_profile_in(&args.tenant, assigned.as_deref());
     println!(
-        "{}: tier {}, instance type {}, network {:?}",
+        "{}: tier {}, instance type {}, network {:?}, agent {}",
         args.tenant,
         profile.tier.unwrap_or("(none)"),
         profile.instance_type,
-        profile.network
+        profile.network,
+        profile.agent_name
     );
     Ok(())
 }

@@ -169,3 +169,37 @@ async fn a_waiting_start_of_a_higher_tier_gets_the_next_slot_first() {
         );
     }
 }
+
+#[tokio::test]
+async fn tiers_and_tenants_choose_their_agent_profile_with_its_own_readiness_path() {
+    let bin = super::harness::warren_bin();
+    // A profile of its own that leaves a mark in the workspace, then runs the echo
+    // agent; another whose readiness path nothing answers.
+    let gw = Gateway::start(&format!(
+        "[agents.marked]\nkind = \"command\"\n\
+         command = [\"/bin/sh\", \"-c\", \"touch marked-by-profile && exec {bin} echo-agent\"]\n\
+         [agents.never_ready]\nkind = \"command\"\ncommand = [\"{bin}\", \"echo-agent\"]\n\
+         readiness_path = \"/not-here\"\n\
+         [runtime]\nro_paths = [\"{bin}\"]\nstart_timeout = \"2s\"\n\
+         [tiers.pro]\nagent = \"marked\"\n\
+         [tenants.user_a]\ntier = \"pro\"\n\
+         [tenants.user_c]\ntier = \"pro\"\nagent = \"never_ready\"\n"
+    ));
+    let (a, b) = tokio::join!(
+        gw.get_as("user_a", "/api/history"),
+        gw.get_as("user_b", "/api/history")
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert_eq!(gw.status("user_a").await["agent"], "marked");
+    assert_eq!(gw.status("user_b").await["agent"], "default");
+    let workspace = |user: &str| gw.data_dir().join(format!("tenants/{user}/workspace"));
+    assert!(workspace("user_a").join("marked-by-profile").exists());
+    assert!(!workspace("user_b").join("marked-by-profile").exists());
+
+    // The tenant's own choice wins over its tier's, readiness path and all.
+    let c = gw.get_as("user_c", "/api/history").await;
+    assert_eq!(c.status, 502, "{}", c.body);
+    assert_eq!(c.code(), "sandbox_start_failed");
+    assert_eq!(gw.status("user_c").await["agent"], "never_ready");
+}
