@@ -705,7 +705,9 @@ impl Config {
     /// control UI (54 MB, rebuilt at its start) where a profile runs OpenClaw.
     pub fn sync_exclude(&self) -> Vec<String> {
         let mut exclude = self.sync.exclude.clone();
-        let openclaw = self.agent_profiles().any(|(_, a)| a.kind == AgentKind::Openclaw);
+        let openclaw = self
+            .agent_profiles()
+            .any(|(_, a)| a.kind == AgentKind::Openclaw);
         if openclaw && !exclude.iter().any(|p| p == OPENCLAW_CACHE) {
             exclude.push(OPENCLAW_CACHE.to_owned());
         }
@@ -1175,11 +1177,21 @@ mod tests {
         c.validate().unwrap();
         let agent = |id: &str| {
             let p = c.sandbox_profile(&tenant(id));
-            (p.agent_name, p.agent.kind, p.agent.readiness_path().to_owned())
+            (
+                p.agent_name,
+                p.agent.kind,
+                p.agent.readiness_path().to_owned(),
+            )
         };
-        assert_eq!(agent("alice"), ("claw", AgentKind::Openclaw, "/readyz".into()));
+        assert_eq!(
+            agent("alice"),
+            ("claw", AgentKind::Openclaw, "/readyz".into())
+        );
         assert_eq!(agent("bob"), ("web", AgentKind::Command, "/ready".into()));
-        assert_eq!(agent("carol"), (DEFAULT_AGENT, AgentKind::Echo, "/healthz".into()));
+        assert_eq!(
+            agent("carol"),
+            (DEFAULT_AGENT, AgentKind::Echo, "/healthz".into())
+        );
         let claw = c.agent_profile("claw").unwrap();
         assert_eq!(claw.egress["llm"].port, 18790);
         assert_eq!(c.agent_profiles().count(), 3);
@@ -1187,7 +1199,8 @@ mod tests {
 
     #[test]
     fn openclaws_cache_is_never_synced_and_exclusions_are_relative_paths() {
-        let c = Config::parse("[sync]\nexclude = [\"tmp\"]\n[agents.claw]\nkind = \"openclaw\"\n").unwrap();
+        let c = Config::parse("[sync]\nexclude = [\"tmp\"]\n[agents.claw]\nkind = \"openclaw\"\n")
+            .unwrap();
         assert_eq!(c.sync_exclude(), ["tmp", OPENCLAW_CACHE]);
         assert!(Config::default().sync_exclude().is_empty());
         for path in ["/etc", "a/../b", "", "cache/", "./x"] {
@@ -1199,12 +1212,30 @@ mod tests {
     #[test]
     fn bad_agent_profiles_are_refused_by_key() {
         for (text, says) in [
-            ("[tiers.pro]\nagent = \"nope\"\n", "tiers.pro.agent: unknown agent profile \"nope\""),
-            ("[tenants.bob]\nagent = \"nope\"\n", "tenants.bob.agent: unknown agent profile"),
-            ("[agents.default]\n", "agents.default: that name is the [agent] table's"),
-            ("[agents.x]\nkind = \"command\"\n", "agents.x.command is required"),
-            ("[agents.x]\nreadiness_path = \"ready\"\n", "agents.x.readiness_path"),
-            ("[agent]\nconfig_template = \"/t.json\"\n", "agent.config_template: only"),
+            (
+                "[tiers.pro]\nagent = \"nope\"\n",
+                "tiers.pro.agent: unknown agent profile \"nope\"",
+            ),
+            (
+                "[tenants.bob]\nagent = \"nope\"\n",
+                "tenants.bob.agent: unknown agent profile",
+            ),
+            (
+                "[agents.default]\n",
+                "agents.default: that name is the [agent] table's",
+            ),
+            (
+                "[agents.x]\nkind = \"command\"\n",
+                "agents.x.command is required",
+            ),
+            (
+                "[agents.x]\nreadiness_path = \"ready\"\n",
+                "agents.x.readiness_path",
+            ),
+            (
+                "[agent]\nconfig_template = \"/t.json\"\n",
+                "agent.config_template: only",
+            ),
             (
                 "[agent.egress.llm]\nupstream = \"ftp://x\"\nport = 1\n",
                 "agent.egress.llm.upstream",

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use warren_core::TenantId;
 use warren_core::auth::Signer;
 use warren_core::config::{AgentConfig, AgentKind};
-use warren_core::TenantId;
 
 use crate::egress::Route;
 
@@ -62,7 +62,8 @@ impl Agent {
             openclaw_dir: json_escaped(&config.openclaw_dir.to_string_lossy()),
         };
         // Every placeholder must be one warren fills.
-        if let Some(Err(e)) = agent.render(&TenantId::parse("template-check").expect("a valid id")) {
+        if let Some(Err(e)) = agent.render(&TenantId::parse("template-check").expect("a valid id"))
+        {
             return Err(format!("config_template: {e}"));
         }
         Ok(agent)
@@ -196,7 +197,10 @@ mod tests {
             ("{\"a\": \"{{tenant\"}", "without its"),
         ] {
             let error = openclaw(template).err().expect(template);
-            assert!(error.starts_with("config_template: ") && error.contains(says), "{error}");
+            assert!(
+                error.starts_with("config_template: ") && error.contains(says),
+                "{error}"
+            );
         }
     }
 
@@ -211,7 +215,10 @@ mod tests {
             |_| None,
         )
         .unwrap();
-        let text = agent.render(&TenantId::parse("bob").unwrap()).unwrap().unwrap();
+        let text = agent
+            .render(&TenantId::parse("bob").unwrap())
+            .unwrap()
+            .unwrap();
         let config: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             config["gateway"]["controlUi"]["root"],

@@ -7,15 +7,15 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use http::header::{self, HeaderValue};
 use axum::response::IntoResponse;
+use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use warren_core::{ErrorCode, Secret};
 use warren_core::config::EgressConfig;
+use warren_core::{ErrorCode, Secret};
 use warren_runtime::{Connector, Sandbox};
 
 use crate::error::ApiError;
@@ -57,8 +57,9 @@ impl Route {
                 let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
                     format!("egress.{name}.api_key_env: the gateway's environment has no {var}")
                 })?;
-                HeaderValue::from_str(&format!("Bearer {value}"))
-                    .map_err(|_| format!("egress.{name}.api_key_env: {var} is not a valid header value"))?;
+                HeaderValue::from_str(&format!("Bearer {value}")).map_err(|_| {
+                    format!("egress.{name}.api_key_env: {var} is not a valid header value")
+                })?;
                 Some(Arc::new(Secret::new(value)))
             }
         };
@@ -76,9 +77,18 @@ impl Route {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The upstream address of a request for `path_and_query`.
-    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
-        format!("{}{}{}", self.origin, self.prefix, path_and_query).parse()
+    /// The upstream address of a request for `path_and_query`, which must be a path
+    /// (so that it can only extend the upstream's, never change its host).
+    fn upstream_uri(&self, path_and_query: &str) -> Option<Uri> {
+        if !path_and_query.starts_with('/') {
+            return None;
+        }
+        let uri: Uri = format!("{}{}{}", self.origin, self.prefix, path_and_query)
+            .parse()
+            .ok()?;
+        let same =
+            uri.authority().map(|a| a.as_str()) == self.origin.split_once("://").map(|(_, a)| a);
+        same.then_some(uri)
     }
 }
 
@@ -110,7 +120,9 @@ impl Egress {
     ) -> std::io::Result<()> {
         for route in routes {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], route.port));
-            let listener = connector.listen(sandbox.endpoint.netns.as_ref(), addr).await?;
+            let listener = connector
+                .listen(sandbox.endpoint.netns.as_ref(), addr)
+                .await?;
             let route = route.clone();
             let client = self.client.clone();
             let mut exited = sandbox.exited.clone();
@@ -126,8 +138,13 @@ impl Egress {
                     let client = client.clone();
                     let tenant = tenant.clone();
                     let service = hyper::service::service_fn(move |request| {
-                        let (route, client, tenant) = (route.clone(), client.clone(), tenant.clone());
-                        async move { Ok::<_, std::convert::Infallible>(forward(&client, &route, &tenant, request).await) }
+                        let (route, client, tenant) =
+                            (route.clone(), client.clone(), tenant.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                forward(&client, &route, &tenant, request).await,
+                            )
+                        }
                     });
                     tokio::spawn(
                         hyper::server::conn::http1::Builder::new()
@@ -163,8 +180,8 @@ async fn forward(
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match route.upstream_uri(path) {
-        Ok(uri) => uri,
-        Err(_) => {
+        Some(uri) => uri,
+        None => {
             return ApiError::new(ErrorCode::BadRequest, "not a path this egress can forward")
                 .into_response();
         }
@@ -193,5 +210,54 @@ async fn forward(
             let message = format!("egress {} could not reach its upstream", route.name);
             ApiError::new(ErrorCode::EgressUnreachable, message).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(upstream: &str) -> Route {
+        let config = EgressConfig {
+            upstream: upstream.into(),
+            port: 18790,
+            api_key_env: Some("KEY".into()),
+        };
+        Route::new("llm", &config, |_| Some("sk-1".into())).unwrap()
+    }
+
+    #[test]
+    fn a_request_only_ever_extends_the_upstreams_path() {
+        let r = route("https://api.example.com/v1/");
+        let uri = |p: &str| r.upstream_uri(p).map(|u| u.to_string());
+        assert_eq!(
+            uri("/chat/completions?x=1").as_deref(),
+            Some("https://api.example.com/v1/chat/completions?x=1")
+        );
+        assert_eq!(
+            uri("//evil.example/x").as_deref(),
+            Some("https://api.example.com/v1//evil.example/x")
+        );
+        for bad in ["*", "@evil.example/", ""] {
+            assert_eq!(uri(bad), None, "{bad}");
+        }
+        assert_eq!(
+            route("http://127.0.0.1:9").local_url(),
+            "http://127.0.0.1:18790"
+        );
+    }
+
+    #[test]
+    fn a_key_named_but_not_in_the_environment_is_refused() {
+        let config = EgressConfig {
+            upstream: "http://x".into(),
+            port: 1,
+            api_key_env: Some("NOT_SET".into()),
+        };
+        let error = Route::new("llm", &config, |_| None).err().unwrap();
+        assert!(
+            error.contains("egress.llm.api_key_env") && error.contains("NOT_SET"),
+            "{error}"
+        );
     }
 }

@@ -19,8 +19,8 @@ use warren_state::StateStore;
 use warren_store::{Freeze, SyncEngine};
 
 pub mod admin;
-pub mod agent;
 pub mod admission;
+pub mod agent;
 pub mod edge;
 pub mod egress;
 pub mod error;

@@ -399,7 +399,12 @@ mod tests {
     }
 
     async fn through(input: Vec<u8>, chunk: usize) -> Vec<u8> {
-        filtered(input, chunk, Filter::InjectToken(Secret::new("the-tenant-token"))).await
+        filtered(
+            input,
+            chunk,
+            Filter::InjectToken(Secret::new("the-tenant-token")),
+        )
+        .await
     }
 
     async fn filtered(input: Vec<u8>, chunk: usize, filter: Filter) -> Vec<u8> {
@@ -455,8 +460,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_refusal_of_the_token_is_explained_to_the_user_and_nothing_else_changes() {
-        let challenge = server_text(serde_json::json!({"type": "event", "event": "connect.challenge",
-            "payload": {"nonce": "n"}}));
+        let challenge = server_text(
+            serde_json::json!({"type": "event", "event": "connect.challenge",
+            "payload": {"nonce": "n"}}),
+        );
         let refused = server_text(serde_json::json!({"type": "res", "id": "c1", "ok": false,
             "error": {"code": "INVALID_REQUEST",
                 "message": "unauthorized: gateway token mismatch (use this gateway's gateway.auth.token or pair the device)",
@@ -465,11 +472,18 @@ mod tests {
         for chunk in [1, 3, 4096] {
             let input = [challenge.clone(), refused.clone(), close.clone()].concat();
             let out = filtered(input, chunk, Filter::explain_auth()).await;
-            assert_eq!(&out[..challenge.len()], &challenge[..], "the challenge passes");
+            assert_eq!(
+                &out[..challenge.len()],
+                &challenge[..],
+                "the challenge passes"
+            );
             let (header, answer) = json_frame(&out[challenge.len()..]).unwrap();
             assert!(!header.masked);
             assert_eq!(answer["error"]["message"], AUTH_REFUSED);
-            assert_eq!(answer["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH", "codes stay");
+            assert_eq!(
+                answer["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH",
+                "codes stay"
+            );
             assert_eq!(answer["id"], "c1");
             let end = challenge.len() + header.size().unwrap();
             assert_eq!(&out[end..], &close[..], "the close passes as it was");
@@ -483,7 +497,10 @@ mod tests {
             [challenge.clone(), hello.clone(), refused.clone()].concat(),
             [other, refused.clone()].concat(),
         ] {
-            assert_eq!(filtered(input.clone(), 5, Filter::explain_auth()).await, input);
+            assert_eq!(
+                filtered(input.clone(), 5, Filter::explain_auth()).await,
+                input
+            );
         }
     }
 }

@@ -238,8 +238,7 @@ pub async fn websocket(
         // OpenClaw refuses a browser's `Origin` (warren's address, not its own); warren
         // has authenticated the user, and its cookie is SameSite=Lax. Its frames are
         // read (see `openclaw`), so they must not be compressed.
-        if inject.is_some()
-            && (name == header::ORIGIN || name == header::SEC_WEBSOCKET_EXTENSIONS)
+        if inject.is_some() && (name == header::ORIGIN || name == header::SEC_WEBSOCKET_EXTENSIONS)
         {
             continue;
         }

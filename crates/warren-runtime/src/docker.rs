@@ -85,11 +85,15 @@ fn engine(what: &str) -> impl FnOnce(bollard::errors::Error) -> RuntimeError + '
 impl DockerRuntime {
     /// Fails, with what to do, if `image` is not in the engine (nothing is pulled).
     pub async fn check_image(&self, image: &str) -> Result<(), RuntimeError> {
-        self.docker.inspect_image(image).await.map(drop).map_err(|e| {
-            RuntimeError::Engine(format!(
-                "the image {image:?} is not there ({e}); build it with scripts/build-image"
-            ))
-        })
+        self.docker
+            .inspect_image(image)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                RuntimeError::Engine(format!(
+                    "the image {image:?} is not there ({e}); build it with scripts/build-image"
+                ))
+            })
     }
 
     /// Connects to the engine, checks the image is there, and removes containers a

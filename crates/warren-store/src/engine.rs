@@ -313,8 +313,7 @@ impl SyncEngine {
         if !workspace.exists() {
             return Ok(None);
         }
-        let captured =
-            crate::capture::capture(workspace, local, i64::MAX, &self.settings.exclude)?;
+        let captured = crate::capture::capture(workspace, local, i64::MAX, &self.settings.exclude)?;
         let unsynced = local.seq.is_none() && !captured.entries.is_empty()
             || !captured.contents.is_empty()
             || captured.entries.len() != local.manifest.entries.len();

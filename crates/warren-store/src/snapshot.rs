@@ -162,8 +162,7 @@ pub async fn sync_workspace(
     let captured = {
         let (workspace, known) = (workspace.to_owned(), state.clone());
         let exclude = exclude.to_vec();
-        tokio::task::spawn_blocking(move || capture(&workspace, &known, started_ns, &exclude))
-            .await
+        tokio::task::spawn_blocking(move || capture(&workspace, &known, started_ns, &exclude)).await
     };
     drop(guard);
     let frozen_ms = frozen_at.elapsed().as_millis() as u64;

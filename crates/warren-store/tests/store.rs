@@ -618,7 +618,10 @@ async fn excluded_paths_are_never_synced_and_a_new_machine_goes_without_them() {
     );
     a.engine.sync(&t, None).await.unwrap();
     // A change in the cache alone is no change of the workspace.
-    write_files(&a.workspace(&t), &[(".openclaw/cache/ui.js", b"rebuilt again")]);
+    write_files(
+        &a.workspace(&t),
+        &[(".openclaw/cache/ui.js", b"rebuilt again")],
+    );
     a.engine.sync(&t, None).await.unwrap();
     assert_eq!(a.engine.snapshots(&t).await.unwrap().len(), 1);
 
@@ -631,9 +634,18 @@ async fn excluded_paths_are_never_synced_and_a_new_machine_goes_without_them() {
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    assert!(names.contains(&".openclaw/state/db".to_owned()), "{names:?}");
-    assert!(names.contains(&".openclaw/cache-not/x".to_owned()), "{names:?}");
-    assert!(!names.iter().any(|n| n.starts_with(".openclaw/cache/")), "{names:?}");
+    assert!(
+        names.contains(&".openclaw/state/db".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&".openclaw/cache-not/x".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with(".openclaw/cache/")),
+        "{names:?}"
+    );
     // The machine that has the cache keeps it.
     assert!(a.workspace(&t).join(".openclaw/cache/ui.js").exists());
 }

@@ -5,16 +5,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use std::collections::BTreeMap;
 use tracing_subscriber::EnvFilter;
 use warren_core::auth::Signer;
-use std::collections::BTreeMap;
 
 use warren_core::config::{
-    AgentConfig, AgentKind, Config, DEFAULT_AGENT, INSTANCE_TYPES, IsolationKind, LogFormat, RuntimeKind, StateKind,
+    AgentConfig, AgentKind, Config, DEFAULT_AGENT, INSTANCE_TYPES, IsolationKind, LogFormat,
+    RuntimeKind, StateKind,
 };
-use warren_gateway::serve::lock_data_dir;
 use warren_gateway::agent::Agent;
 use warren_gateway::egress::Egress;
+use warren_gateway::serve::lock_data_dir;
 use warren_gateway::{Context, Gateway, Services, Shutdown};
 use warren_runtime::cgroup::Limits;
 use warren_runtime::process::pool::PoolConfig;
@@ -309,7 +310,10 @@ async fn serve(
     };
     // Caught from before the address is printed: whoever reads it may signal at once.
     let shutdown = shutdown_signal()?;
-    let gateway = Gateway::new(Context::new(config, signer, admin, services, agents, egress), lock);
+    let gateway = Gateway::new(
+        Context::new(config, signer, admin, services, agents, egress),
+        lock,
+    );
     gateway.recover().await?;
     // Printed on stdout, whatever the log settings: scripts and tests read it.
     println!("warren listening on http://{local}");

@@ -209,7 +209,10 @@ async fn fake_llm() -> (std::net::SocketAddr, Seen) {
                 });
                 format!("data: {chunk}\n\n")
             };
-            let mut events = vec![chunk(serde_json::json!({"role": "assistant", "content": ""}), None)];
+            let mut events = vec![chunk(
+                serde_json::json!({"role": "assistant", "content": ""}),
+                None,
+            )];
             for word in reply.split_inclusive(' ') {
                 events.push(chunk(serde_json::json!({"content": word}), None));
             }
@@ -316,17 +319,34 @@ async fn users_chat_with_their_own_openclaw_through_a_model_egress_and_keep_thei
         chat(&mut a, "hello from alice"),
         chat(&mut b, "hello from bob")
     );
-    assert!(reply_a.contains("echo: ") && reply_a.contains("hello from alice"), "{reply_a}");
+    assert!(
+        reply_a.contains("echo: ") && reply_a.contains("hello from alice"),
+        "{reply_a}"
+    );
     assert!(reply_b.contains("hello from bob"), "{reply_b}");
-    let (history_a, history_b) = (history_texts(&gw, "user_a").await, history_texts(&gw, "user_b").await);
-    assert!(history_a.contains("hello from alice") && !history_a.contains("bob"), "{history_a}");
-    assert!(history_b.contains("hello from bob") && !history_b.contains("alice"), "{history_b}");
+    let (history_a, history_b) = (
+        history_texts(&gw, "user_a").await,
+        history_texts(&gw, "user_b").await,
+    );
+    assert!(
+        history_a.contains("hello from alice") && !history_a.contains("bob"),
+        "{history_a}"
+    );
+    assert!(
+        history_b.contains("hello from bob") && !history_b.contains("alice"),
+        "{history_b}"
+    );
 
     // The provider saw the operator's key on every request, never the template's; the
     // sandbox holds it nowhere (environment, its openclaw.json).
     let asked = seen.lock().unwrap().clone();
     assert!(!asked.is_empty());
-    assert!(asked.iter().all(|a| a.as_deref() == Some(&*format!("Bearer {LLM_KEY}"))), "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|a| a.as_deref() == Some(&*format!("Bearer {LLM_KEY}"))),
+        "{asked:?}"
+    );
     let pid = gw.agent_pid("user_a").await;
     for p in tree(pid) {
         let environ = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
@@ -341,12 +361,16 @@ async fn users_chat_with_their_own_openclaw_through_a_model_egress_and_keep_thei
 
     // Sleep and wake: the chat goes on where it was.
     drop((a, b));
-    gw.wait_for_state("user_a", "asleep", Duration::from_secs(60)).await;
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(60))
+        .await;
     assert_eq!(gw.status("user_a").await["last_stop"]["cause"], "idle");
     let mut a = session(&gw, "user_a").await;
     assert!(chat(&mut a, "after a nap").await.contains("after a nap"));
     let history = history_texts(&gw, "user_a").await;
-    assert!(history.contains("hello from alice") && history.contains("after a nap"), "{history}");
+    assert!(
+        history.contains("hello from alice") && history.contains("after a nap"),
+        "{history}"
+    );
 
     // kill -9 of the whole sandbox: OpenClaw's SQLite (WAL) comes back whole.
     let pid = gw.agent_pid("user_a").await;
@@ -355,16 +379,26 @@ async fn users_chat_with_their_own_openclaw_through_a_model_egress_and_keep_thei
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     );
-    gw.wait_for_state("user_a", "asleep", Duration::from_secs(30)).await;
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(30))
+        .await;
     assert_eq!(gw.status("user_a").await["last_stop"]["cause"], "crash");
     let history = history_texts(&gw, "user_a").await;
-    assert!(history.contains("hello from alice") && history.contains("after a nap"), "{history}");
+    assert!(
+        history.contains("hello from alice") && history.contains("after a nap"),
+        "{history}"
+    );
 
     // Another machine: a fresh data dir, the same store.
     gw.shut_down();
     let fresh = Gateway::start_with(&config, &[("TEST_LLM_KEY", LLM_KEY)]);
     let history = history_texts(&fresh, "user_a").await;
-    assert!(history.contains("hello from alice") && history.contains("after a nap"), "{history}");
+    assert!(
+        history.contains("hello from alice") && history.contains("after a nap"),
+        "{history}"
+    );
     let history = history_texts(&fresh, "user_b").await;
-    assert!(history.contains("hello from bob") && !history.contains("alice"), "{history}");
+    assert!(
+        history.contains("hello from bob") && !history.contains("alice"),
+        "{history}"
+    );
 }
