@@ -3,6 +3,8 @@
 
 #[path = "gateway/cold_starts.rs"]
 mod cold_starts;
+#[path = "gateway/egress.rs"]
+mod egress;
 mod harness;
 #[path = "gateway/openclaw.rs"]
 mod openclaw;
