@@ -51,6 +51,17 @@ async fn upstream() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn a_sandbox_without_network_reaches_its_upstream_with_a_key_it_never_holds() {
+    reaches_its_upstream(0).await;
+}
+
+#[tokio::test]
+async fn a_pooled_sandbox_reaches_its_upstream_too() {
+    reaches_its_upstream(2).await;
+}
+
+/// Two tenants' agents ask through their egress, with `pool` sandboxes kept ready (and
+/// claimed).
+async fn reaches_its_upstream(pool: usize) {
     let up = upstream().await;
     // A port nothing listens on.
     let down = std::net::TcpListener::bind("127.0.0.1:0")
@@ -66,11 +77,12 @@ async fn a_sandbox_without_network_reaches_its_upstream_with_a_key_it_never_hold
              [agent]\nkind = \"command\"\ncommand = [\"/usr/bin/python3\", \"{script}\"]\n\
              [agent.egress.llm]\nupstream = \"http://{up}/base/\"\nport = 18790\napi_key_env = \"OPERATOR_KEY\"\n\
              [agent.egress.down]\nupstream = \"http://{down}\"\nport = 18791\n\
-             [runtime]\nro_paths = [\"{script}\"]\n",
+             [runtime]\nro_paths = [\"{script}\"]\npool = {pool}\n",
             script = script.display()
         ),
         &[("OPERATOR_KEY", "sk-the-operators")],
     );
+    gw.wait_for_pool(pool as u64);
     let want = "upstream saw /base/v1/models?limit=2 with Bearer sk-the-operators";
     for user in ["user_a", "user_b"] {
         let reply = gw.get_as(user, "/v1/models?limit=2").await;
