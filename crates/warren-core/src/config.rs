@@ -766,19 +766,10 @@ impl Config {
                 ));
             }
         }
-        let named = std::iter::once(("instance_type".to_owned(), &self.instance_type))
-            .chain(self.tiers.iter().filter_map(|(tier, t)| {
-                Some((
-                    format!("tiers.{tier}.instance_type"),
-                    t.instance_type.as_ref()?,
-                ))
-            }))
-            .chain(self.tenants.iter().filter_map(|(tenant, t)| {
-                Some((
-                    format!("tenants.{tenant}.instance_type"),
-                    t.instance_type.as_ref()?,
-                ))
-            }));
+        let named = self
+            .per_tier_and_tenant("instance_type", |t| &t.instance_type, |t| &t.instance_type)
+            .filter_map(|(key, name)| Some((key, name.as_ref()?)));
+        let named = std::iter::once(("instance_type".to_owned(), &self.instance_type)).chain(named);
         for (key, name) in named {
             if self.instance_size(name).is_none() {
                 let mut names: Vec<&str> = INSTANCE_TYPES.iter().map(|(n, _)| *n).collect();
@@ -789,15 +780,7 @@ impl Config {
                 ));
             }
         }
-        let rules = self
-            .tiers
-            .iter()
-            .map(|(name, t)| (format!("tiers.{name}.prewarm"), &t.prewarm))
-            .chain(
-                self.tenants
-                    .iter()
-                    .map(|(id, t)| (format!("tenants.{id}.prewarm"), &t.prewarm)),
-            );
+        let rules = self.per_tier_and_tenant("prewarm", |t| &t.prewarm, |t| &t.prewarm);
         for (key, exprs) in rules {
             for expr in exprs {
                 if let Err(e) = prewarm_rule(expr) {
@@ -857,15 +840,7 @@ impl Config {
                 ));
             }
         }
-        let choices = self
-            .tiers
-            .iter()
-            .map(|(name, t)| (format!("tiers.{name}.agent"), &t.agent))
-            .chain(
-                self.tenants
-                    .iter()
-                    .map(|(id, t)| (format!("tenants.{id}.agent"), &t.agent)),
-            );
+        let choices = self.per_tier_and_tenant("agent", |t| &t.agent, |t| &t.agent);
         for (key, agent) in choices {
             if let Some(name) = agent
                 && !self.agents.contains_key(name)
@@ -926,6 +901,25 @@ impl Config {
             return invalid("the admin token must be at least 16 bytes".into());
         }
         Ok(())
+    }
+
+    /// Every tier's and every tenant's `key`, with its name in the config
+    /// (`tiers.pro.agent`, `tenants.alice.agent`), to check it.
+    fn per_tier_and_tenant<'a, T: 'a>(
+        &'a self,
+        key: &'a str,
+        tier: impl Fn(&'a TierConfig) -> T + 'a,
+        tenant: impl Fn(&'a TenantConfig) -> T + 'a,
+    ) -> impl Iterator<Item = (String, T)> + 'a {
+        let tiers = self
+            .tiers
+            .iter()
+            .map(move |(name, t)| (format!("tiers.{name}.{key}"), tier(t)));
+        let tenants = self
+            .tenants
+            .iter()
+            .map(move |(id, t)| (format!("tenants.{id}.{key}"), tenant(t)));
+        tiers.chain(tenants)
     }
 
     /// What `tenant`'s sandbox gets, with the tier its config table names.
