@@ -359,7 +359,7 @@ async fn wait_for_pool(readyz: Option<&mut HttpConn>, size: usize) -> anyhow::Re
 }
 
 /// The start counters and phase histograms of the gateway's `/metrics`.
-async fn from_metrics(gateway: &Gateway) -> anyhow::Result<FromMetrics> {
+pub async fn from_metrics(gateway: &Gateway) -> anyhow::Result<FromMetrics> {
     let body = gateway.admin_get("/metrics").await?;
     let text = std::str::from_utf8(&body)?;
     let value = |series: &str| sample(text, series).unwrap_or(0.0);

@@ -252,12 +252,26 @@ impl Gateway {
         tables: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_sleeping_after(warren, dir, max_instances, "never", settings, tables, env).await
+    }
+
+    /// As `start_with_env`, with sandboxes that sleep once idle for `sleep_after` (as the
+    /// config writes it, such as `"15s"`).
+    pub async fn start_sleeping_after(
+        warren: &Path,
+        dir: &Path,
+        max_instances: usize,
+        sleep_after: &str,
+        settings: &str,
+        tables: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(
             dir.join("warren.toml"),
             format!(
                 "max_instances = {max_instances}\n\
-                 sleep_after = \"never\"\n\
+                 sleep_after = \"{sleep_after}\"\n\
                  {settings}\n\
                  [auth]\nsigning_secret = \"{SIGNING_SECRET}\"\n\
                  [admission]\nqueue_timeout = \"30s\"\n\
@@ -396,16 +410,29 @@ impl Gateway {
 
     /// The `Cookie` header value a browser holds after its first signed URL.
     pub fn cookie(&self, user: &str) -> anyhow::Result<String> {
-        let tenant = TenantId::parse(user).map_err(|e| anyhow::anyhow!("{user}: {e:?}"))?;
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()
-            + 3600;
+        let (tenant, exp) = credential_for(user)?;
         Ok(format!(
             "warren_session={}",
             self.signer.token(&tenant, exp)
         ))
     }
+
+    /// The query of a signed URL for `user` (`userId=..&exp=..&sig=..`), valid for an
+    /// hour.
+    pub fn query(&self, user: &str) -> anyhow::Result<String> {
+        let (tenant, exp) = credential_for(user)?;
+        Ok(self.signer.query(&tenant, exp))
+    }
+}
+
+/// The tenant of `user` and an expiry an hour from now.
+fn credential_for(user: &str) -> anyhow::Result<(TenantId, u64)> {
+    let tenant = TenantId::parse(user).map_err(|e| anyhow::anyhow!("{user}: {e:?}"))?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    Ok((tenant, exp))
 }
 
 /// What a stopped gateway left behind.

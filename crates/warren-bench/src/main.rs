@@ -8,7 +8,10 @@
 //! under a steady writer, a sweep of many tenants, and a full restore; and the two
 //! runtimes side by side (process and docker): start to ready, stop, memory per sandbox;
 //! and upgrades and restarts: failed requests and lost messages while a gateway is
-//! replaced under load, sandboxes taken back after a crash, clients' reconnect time.
+//! replaced under load, sandboxes taken back after a crash, clients' reconnect time;
+//! and, only when asked (`--only openclaw`: each OpenClaw needs about 1 GB and 6 s of
+//! CPU to boot), OpenClaw hosted by warren: cold start to the first chat reply, memory
+//! per sandbox, and the boot a pre-warm at login hides.
 //! It starts every process itself and stops each of them however it ends; it prints a
 //! markdown report on stdout and its progress on stderr.
 
@@ -25,6 +28,7 @@ mod cold_start_phases;
 mod launch;
 mod load;
 mod nginx;
+mod openclaw;
 mod proxy;
 mod report;
 mod rpo;
@@ -35,7 +39,7 @@ mod upgrade;
 #[derive(Parser)]
 #[command(
     name = "warren-bench",
-    about = "Benchmark warren: cold starts (also from S3 and with the warm pool), its proxy next to nginx, its store next to rsync and restic, its runtimes side by side, upgrades and restarts"
+    about = "Benchmark warren: cold starts (also from S3 and with the warm pool), its proxy next to nginx, its store next to rsync and restic, its runtimes side by side, upgrades and restarts; OpenClaw hosted by warren (only with --only openclaw)"
 )]
 struct Args {
     /// The warren binary (a release build).
@@ -44,7 +48,7 @@ struct Args {
     /// The nginx binary.
     #[arg(long, default_value = "nginx")]
     nginx: PathBuf,
-    /// Which scenarios to run.
+    /// Which scenarios to run (`all` leaves out `openclaw`, which is heavy: ask for it).
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
     /// New users woken one after another in the cold-start run.
@@ -129,6 +133,20 @@ struct Args {
     /// Sandboxes running when the gateway is killed (SIGKILL) and replaced.
     #[arg(long, default_value_t = 100)]
     crash_sandboxes: usize,
+    /// Where `scripts/install-openclaw` put Node and OpenClaw (the openclaw scenario).
+    #[arg(long, default_value = "/var/cache/warren/openclaw-2026.9.6")]
+    openclaw_dir: PathBuf,
+    /// Fresh tenants whose first chat reply is timed from asleep, one after another,
+    /// after one untimed warm-up.
+    #[arg(long, default_value_t = 5)]
+    openclaw_starts: usize,
+    /// Fresh tenants pre-warmed at login, and as many not.
+    #[arg(long, default_value_t = 3)]
+    openclaw_prewarm_users: usize,
+    /// Seconds from the login (and its pre-warm) to the first message: about one
+    /// OpenClaw boot.
+    #[arg(long, default_value_t = 8)]
+    openclaw_first_message_after_secs: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,6 +158,8 @@ enum Only {
     Store,
     Runtimes,
     Upgrade,
+    /// OpenClaw hosted by warren; not part of `all`.
+    Openclaw,
 }
 
 fn main() -> std::process::ExitCode {
@@ -293,6 +313,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let run = upgrade::run(&warren, &dir.join("upgrade"), &settings).await;
         if let Some(run) = outcome("Upgrades and restarts", run, &mut failed) {
             report::upgrade(&run, &settings);
+        }
+    }
+    if args.only == Only::Openclaw {
+        let settings = openclaw::Settings {
+            openclaw_dir: args.openclaw_dir.clone(),
+            starts: args.openclaw_starts,
+            prewarm_users: args.openclaw_prewarm_users,
+            first_message_after: Duration::from_secs(args.openclaw_first_message_after_secs),
+        };
+        let run = openclaw::run(&warren, &dir.join("openclaw"), &settings).await;
+        if let Some(run) = outcome(report::OPENCLAW_TITLE, run, &mut failed) {
+            report::openclaw(&run, &settings);
         }
     }
     ensure!(failed.is_empty(), "failed: {}", failed.join("; "));

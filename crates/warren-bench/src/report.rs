@@ -8,6 +8,7 @@ use crate::cold_start::ColdStart;
 use crate::cold_start_phases::{Case, METRIC_PHASES, PhasesRun, WORKSPACE};
 use crate::launch::GatewayStopped;
 use crate::load::Samples;
+use crate::openclaw::{self, FirstMessage, FirstReply, OpenclawRun};
 use crate::proxy::{ProxyRun, Settings, TARGETS};
 use crate::rpo::Rpo;
 use crate::runtimes::{self, Runtimes};
@@ -1277,5 +1278,213 @@ pub fn upgrade(run: &UpgradeRun, s: &upgrade::Settings) {
             ),
         }
     }
+    println!();
+}
+
+pub const OPENCLAW_TITLE: &str = "OpenClaw: cold start to first reply, memory, pre-warm (issue 7)";
+
+pub fn openclaw(run: &OpenclawRun, s: &openclaw::Settings) {
+    let n = run.starts.len();
+    let m = run.with_prewarm.len();
+    let after = run.first_message_after.as_secs();
+    println!("## {OPENCLAW_TITLE}\n");
+    println!(
+        "OpenClaw {} on Node {} as every tenant's agent (`[agent] kind = \"openclaw\"`, from \
+         `{}`), in the process runtime's sandboxes (bubblewrap, network `none`); its model is \
+         a provider of the benchmark's own on 127.0.0.1 (one streamed chunk, answered at \
+         once), reached through the egress port. One sandbox runs at a time: after each user \
+         the client closes its WebSocket and waits until the sandbox has gone to sleep \
+         (`sleep_after = \"{}s\"`) and its processes are gone. **Cold start to first reply**: \
+         {n} fresh tenants one after another, after one untimed warm-up start (the gateway's \
+         first); each opens `/ws` with a signed URL (warren answers the upgrade once the \
+         sandbox is ready, with the start's phases in `Server-Timing`), reads OpenClaw's \
+         `connect.challenge`, sends a `connect` (warren puts the token in) and gets \
+         `hello-ok`, sends `chat.send` and waits for the final `chat` event; the client's \
+         clock stops while the sandbox's memory is read once ready; then a second turn, timed \
+         apart. warren's share is admission + restore + create; boot is until OpenClaw's \
+         `/readyz` answers. **Memory**: every process below the pid warren records for the \
+         sandbox (bubblewrap's two, OpenClaw's gateway and its node workers), once ready and \
+         after the first reply: RSS counts the pages they share (the node binary, libraries) \
+         in each, PSS shares them out; the cgroup's charge includes the page cache it read. \
+         **Pre-warm**: {m} fresh tenants with `POST /api/prewarm` (signed) at login and {m} \
+         without, alternately; each one's first message {after} s after login, timed from \
+         opening `/ws` to the reply.\n",
+        run.openclaw_version,
+        run.node_version,
+        s.openclaw_dir.display(),
+        run.sleep_after.as_secs(),
+    );
+
+    let column =
+        |f: &dyn Fn(&FirstReply) -> Duration| Samples::new(run.starts.iter().map(f).collect());
+    let total = column(&|c| c.total);
+    let total_mean = total.mean().as_secs_f64().max(f64::MIN_POSITIVE);
+    println!("| part of the first reply | p50 (ms) | max (ms) | mean (ms) | share of mean |");
+    println!("|---|---:|---:|---:|---:|");
+    let rows: [(&str, Samples); 8] = [
+        (
+            "warren: admission (a slot)",
+            column(&|c| c.phases.admission),
+        ),
+        (
+            "warren: restore (a new tenant: nothing to restore)",
+            column(&|c| c.phases.restore),
+        ),
+        ("warren: create (the sandbox)", column(&|c| c.phases.create)),
+        (
+            "**warren's share** (admission + restore + create)",
+            column(&|c| c.warren()),
+        ),
+        (
+            "OpenClaw's boot (until its /readyz answers)",
+            column(&|c| c.phases.boot),
+        ),
+        (
+            "the upgrade's rest (warren's proxy to OpenClaw, the 101)",
+            column(&|c| c.rest()),
+        ),
+        (
+            "OpenClaw's handshake (challenge, connect, hello-ok)",
+            column(&|c| c.handshake),
+        ),
+        (
+            "the chat turn (chat.send to the final chat event)",
+            column(&|c| c.chat),
+        ),
+    ];
+    for (name, samples) in &rows {
+        println!(
+            "| {name} | {} | {} | {} | {:.1}% |",
+            ms(samples.percentile(0.5)),
+            ms(samples.percentile(1.0)),
+            ms(samples.mean()),
+            100.0 * samples.mean().as_secs_f64() / total_mean
+        );
+    }
+    println!(
+        "| **total (client: open `/ws` to the reply)** | **{}** | **{}** | {} | 100% |\n",
+        ms(total.percentile(0.5)),
+        ms(total.percentile(1.0)),
+        ms(total.mean())
+    );
+
+    println!(
+        "| start | total (s) | warren (ms) | boot (s) | handshake (ms) | chat (ms) | second chat (ms) | CPU once ready (s) | processes | RSS ready | PSS ready | RSS after reply | PSS after reply | cgroup after reply |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let warm_up = std::iter::once(("warm-up (not in the figures)".to_owned(), &run.warm_up));
+    let timed = run
+        .starts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ((i + 1).to_string(), c));
+    for (name, c) in warm_up.chain(timed) {
+        println!(
+            "| {name} | {:.2} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            c.total.as_secs_f64(),
+            ms(c.warren()),
+            c.phases.boot.as_secs_f64(),
+            c.handshake.as_secs_f64() * 1000.0,
+            c.chat.as_secs_f64() * 1000.0,
+            c.second_chat.as_secs_f64() * 1000.0,
+            c.ready.cpu.as_secs_f64(),
+            c.chatted.processes,
+            mib(c.ready.rss_kib),
+            mib(c.ready.pss_kib),
+            mib(c.chatted.rss_kib),
+            mib(c.chatted.pss_kib),
+            c.chatted
+                .cgroup_bytes
+                .map_or("—".to_owned(), |b| mib(b / 1024)),
+        );
+    }
+    println!();
+
+    let kib = |f: &dyn Fn(&FirstReply) -> u64| {
+        let mut v: Vec<u64> = run.starts.iter().map(f).collect();
+        v.sort_unstable();
+        (v[(v.len() - 1) / 2], v[v.len() - 1])
+    };
+    let (rss, rss_max) = kib(&|c| c.chatted.rss_kib);
+    let (pss, pss_max) = kib(&|c| c.chatted.pss_kib);
+    println!(
+        "- memory of one tenant's sandbox after one chat turn: RSS {} median, {} max; PSS {} \
+         median, {} max ({n} sandboxes, each measured alone)",
+        mib(rss),
+        mib(rss_max),
+        mib(pss),
+        mib(pss_max)
+    );
+
+    let second = column(&|c| c.second_chat);
+    println!(
+        "- a second chat turn on the same session, right after the first reply: p50 {} ms, max \
+         {} ms (the first turn's: p50 {} ms)",
+        ms(second.percentile(0.5)),
+        ms(second.percentile(1.0)),
+        ms(column(&|c| c.chat).percentile(0.5))
+    );
+
+    let without = Samples::new(run.without_prewarm.iter().map(|f| f.took).collect());
+    let with = Samples::new(run.with_prewarm.iter().map(|f| f.took).collect());
+    let waited = |v: &[FirstMessage]| v.iter().filter(|f| f.start.is_some()).count();
+    let boot = |v: &[FirstMessage]| {
+        let boots = Samples::new(v.iter().filter_map(|f| Some(f.start?.boot)).collect());
+        match boots.len() {
+            0 => "—".to_owned(),
+            _ => ms(boots.percentile(0.5)),
+        }
+    };
+    println!();
+    println!(
+        "| first message {after} s after login | users | p50 (ms) | max (ms) | upgrade waited for a start | their boot p50 (ms) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, samples, v) in [
+        ("without pre-warm", &without, &run.without_prewarm),
+        (
+            "with `POST /api/prewarm` at login",
+            &with,
+            &run.with_prewarm,
+        ),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {} of {} | {} |",
+            v.len(),
+            ms(samples.percentile(0.5)),
+            ms(samples.percentile(1.0)),
+            waited(v),
+            v.len(),
+            boot(v)
+        );
+    }
+    println!();
+    if m > 0 {
+        println!(
+            "- with the pre-warm, the first reply takes {} of the time it takes without (p50: \
+             {} against {} ms)",
+            times(with.percentile(0.5), without.percentile(0.5)),
+            ms(with.percentile(0.5)),
+            ms(without.percentile(0.5))
+        );
+    }
+    println!(
+        "- the model provider served {} completions for {} chat turns",
+        run.completions, run.chats
+    );
+    let starts = 1 + n + 2 * m;
+    let metrics = &run.metrics;
+    println!(
+        "- `/metrics`: `warren_starts_total` ready {}, failed {} ({starts} starts made, the \
+         warm-up's included)",
+        metrics.ready, metrics.failed
+    );
+    println!(
+        "- gateway stop (SIGINT, no sandbox running): {} ms; processes of the sandboxes still \
+         running after it exited: {}",
+        ms(run.stopped.took),
+        run.left_behind
+    );
+    stopped(&run.stopped);
     println!();
 }

@@ -419,7 +419,7 @@ async fn docker_sandboxes(data_dir: &Path) -> anyhow::Result<Vec<SandboxProcs>> 
 }
 
 /// Every process's children, from `/proc`.
-fn children_of_every_process() -> HashMap<u32, Vec<u32>> {
+pub fn children_of_every_process() -> HashMap<u32, Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return children;
@@ -438,7 +438,7 @@ fn children_of_every_process() -> HashMap<u32, Vec<u32>> {
 /// The memory directory of the sandbox cgroup `pid` is in or under: warren makes
 /// `warren/<name>` for each sandbox (a container's own cgroup and its conmon's are
 /// children of it).
-fn sandbox_cgroup(pid: u32) -> Option<PathBuf> {
+pub fn sandbox_cgroup(pid: u32) -> Option<PathBuf> {
     let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let lines: Vec<(&str, &str)> = listing
         .lines()
@@ -465,7 +465,7 @@ fn sandbox_cgroup(pid: u32) -> Option<PathBuf> {
     Some(Path::new(base).join("warren").join(name))
 }
 
-fn cgroup_memory_bytes(dir: &Path) -> Option<u64> {
+pub fn cgroup_memory_bytes(dir: &Path) -> Option<u64> {
     ["memory.usage_in_bytes", "memory.current"]
         .iter()
         .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())?
