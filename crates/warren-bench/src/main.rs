@@ -9,8 +9,8 @@
 //! runtimes side by side (process and docker): start to ready, stop, memory per sandbox;
 //! and upgrades and restarts: failed requests and lost messages while a gateway is
 //! replaced under load, sandboxes taken back after a crash, clients' reconnect time;
-//! and, only when asked (`--only openclaw`: each OpenClaw needs about 1 GB and 6 s of
-//! CPU to boot), OpenClaw hosted by warren: cold start to the first chat reply, memory
+//! and, only when asked (`--only openclaw`: each OpenClaw needs about 1 GB and 7 to 8 s
+//! of CPU to boot), OpenClaw hosted by warren: cold start to the first chat reply, memory
 //! per sandbox, and the boot a pre-warm at login hides.
 //! It starts every process itself and stops each of them however it ends; it prints a
 //! markdown report on stdout and its progress on stderr.
