@@ -96,6 +96,15 @@ pub async fn run(store: &dyn StateStore) {
     assert_eq!(row.detail.as_deref(), Some("exit status 137"));
     assert_eq!(row.identity, None, "an asleep sandbox has no process");
     assert_eq!(store.live_sandboxes().await.unwrap().len(), 1);
+    let all: Vec<String> = store
+        .sandboxes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}:{:?}", r.tenant, r.state))
+        .collect();
+    assert_eq!(all.len(), 2, "asleep ones too: {all:?}");
+    assert!(all.contains(&"user_a:Asleep".to_owned()), "{all:?}");
 
     // A later start keeps the record of the last stop until the next one.
     store

@@ -95,8 +95,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// The tenant's current sandbox row, if it ever had one.
     async fn sandbox(&self, tenant: &TenantId) -> Result<Option<SandboxRecord>, StateError>;
 
-    /// Every sandbox row whose state is not `Asleep`.
+    /// Every sandbox row whose state is not `Asleep`, by tenant id.
     async fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>, StateError>;
+
+    /// Every sandbox row, asleep or not, by tenant id: every tenant that ever had a
+    /// sandbox on this state store.
+    async fn sandboxes(&self) -> Result<Vec<SandboxRecord>, StateError>;
 
     /// The most recent events, newest first, for one tenant or all.
     async fn events(

@@ -100,6 +100,20 @@ impl SqliteStore {
         .await
         .map_err(backend)?
     }
+
+    /// The sandbox rows `filter` (a `WHERE` clause, or nothing) keeps, by tenant id.
+    async fn sandbox_rows(&self, filter: &'static str) -> Result<Vec<SandboxRecord>, StateError> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {SANDBOX_COLUMNS} FROM sandboxes {filter} ORDER BY tenant_id"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map([], read_sandbox_row).map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(sandbox_record)).collect()
+        })
+        .await
+    }
 }
 
 fn tenant_of(raw: String) -> Result<TenantId, StateError> {
@@ -278,14 +292,11 @@ impl StateStore for SqliteStore {
     }
 
     async fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>, StateError> {
-        self.with(|conn| {
-            let mut stmt = conn
-                .prepare(&format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state != 'asleep' ORDER BY tenant_id"))
-                .map_err(backend)?;
-            let rows = stmt.query_map([], read_sandbox_row).map_err(backend)?;
-            rows.map(|r| r.map_err(backend).and_then(sandbox_record)).collect()
-        })
-        .await
+        self.sandbox_rows("WHERE state != 'asleep'").await
+    }
+
+    async fn sandboxes(&self) -> Result<Vec<SandboxRecord>, StateError> {
+        self.sandbox_rows("").await
     }
 
     async fn events(
