@@ -101,6 +101,23 @@ impl SqliteStore {
         .map_err(backend)?
     }
 
+    /// Writes a consistent copy of the whole database to `dest` (a new file), while
+    /// the gateway goes on writing: SQLite's `VACUUM INTO`.
+    pub async fn back_up(&self, dest: &Path) -> Result<(), StateError> {
+        if dest.exists() {
+            return Err(StateError::Backend(format!(
+                "{} exists; a backup goes to a new file",
+                dest.display()
+            )));
+        }
+        let dest = dest.to_string_lossy().into_owned();
+        self.with(move |conn| {
+            conn.execute("VACUUM INTO ?1", [dest]).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The sandbox rows `filter` (a `WHERE` clause, or nothing) keeps, by tenant id.
     async fn sandbox_rows(&self, filter: &'static str) -> Result<Vec<SandboxRecord>, StateError> {
         self.with(move |conn| {
@@ -110,7 +127,8 @@ impl SqliteStore {
                 ))
                 .map_err(backend)?;
             let rows = stmt.query_map([], read_sandbox_row).map_err(backend)?;
-            rows.map(|r| r.map_err(backend).and_then(sandbox_record)).collect()
+            rows.map(|r| r.map_err(backend).and_then(sandbox_record))
+                .collect()
         })
         .await
     }

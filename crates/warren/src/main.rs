@@ -37,6 +37,11 @@ enum Command {
     Restore(commands::restore::Args),
     /// Show a tenant's tier, or put it in another.
     Tier(commands::tier::Args),
+    /// Copy the state store (tier assignments, records, events) while the gateway runs.
+    BackupState(commands::backup_state::Args),
+    /// Bring a machine back from the store: every tenant's newest snapshot, and the state
+    /// store from a backup.
+    Recover(commands::recover::Args),
     /// Inside a pooled sandbox: wait for a claim, then become the agent (internal).
     #[command(hide = true)]
     SandboxWait,
@@ -54,6 +59,8 @@ fn main() -> std::process::ExitCode {
         Command::Snapshots(args) => commands::snapshots::run(args),
         Command::Restore(args) => commands::restore::run(args),
         Command::Tier(args) => commands::tier::run(args),
+        Command::BackupState(args) => commands::backup_state::run(args),
+        Command::Recover(args) => commands::recover::run(args),
         Command::SandboxWait => Err(anyhow::Error::new(
             warren_runtime::process::pool::await_claim(),
         )

@@ -219,3 +219,67 @@ async fn an_s3_store_works_end_to_end_and_the_agent_never_sees_its_credentials()
     let fresh = Gateway::start_with(&config, &env);
     assert_eq!(fresh.history("user_a").await, ["to s3"]);
 }
+
+#[tokio::test]
+async fn a_whole_machine_comes_back_from_the_store_and_a_state_backup() {
+    let store = tempfile::tempdir().unwrap();
+    let config = store_config(store.path(), "[tiers.gold]\npriority = 5");
+    let mut gw = Gateway::start(&config);
+    let users = ["user_a", "user_b", "user_c"];
+    for user in users {
+        let mut ws = gw.ws(user).await;
+        assert_eq!(
+            echo(&mut ws, &format!("{user} was here")).await,
+            format!("{user} was here")
+        );
+    }
+    let cli = |dir: &std::path::Path, args: &[&str]| {
+        let mut all = args.to_vec();
+        let (config, data) = (dir.join("warren.toml"), dir.join("data"));
+        all.extend([
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        run_warren(&all, dir)
+    };
+    // An operator's choice, which only the state store keeps.
+    let url = gw.url("");
+    let (code, _, err) = cli(
+        gw.dir.path(),
+        &["tier", "user_b", "gold", "--gateway", &url],
+    );
+    assert_eq!(code, 0, "{err}");
+    // The state store's backup, taken while the gateway runs.
+    let backups = tempfile::tempdir().unwrap();
+    let backup = backups.path().join("state.db");
+    let backup = backup.to_str().unwrap();
+    let (code, out, err) = cli(gw.dir.path(), &["backup-state", backup]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("backed up to"), "{out}");
+    gw.shut_down();
+
+    // The machine is lost; a new one has the store and the backup.
+    let dir = harness::config_dir(&config);
+    let (code, out, err) = cli(dir.path(), &["recover", "--state", backup]);
+    assert_eq!(code, 0, "{out}{err}");
+    for user in users {
+        assert!(out.contains(&format!("{user}: restored snapshot")), "{out}");
+        assert!(
+            dir.path()
+                .join(format!("data/tenants/{user}/workspace"))
+                .is_dir()
+        );
+    }
+    let fresh = Gateway::start_in(dir, &[]);
+    for user in users {
+        assert_eq!(fresh.history(user).await, [format!("{user} was here")]);
+    }
+    assert_eq!(fresh.status("user_b").await["tier"], "gold");
+    assert!(fresh.status("user_a").await["tier"].is_null());
+    // Never beside a running gateway.
+    let (code, _, err) = cli(fresh.dir.path(), &["recover"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("a gateway runs on this data dir"), "{err}");
+}

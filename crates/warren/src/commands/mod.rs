@@ -1,5 +1,7 @@
+pub mod backup_state;
 pub mod chat;
 pub mod echo_agent;
+pub mod recover;
 pub mod restore;
 pub mod serve;
 pub mod snapshots;

@@ -121,6 +121,18 @@ fn try_spawn(
     }
 }
 
+/// A directory with `warren.toml` (`config` plus the test secret), its data dir
+/// (`data`) not made yet.
+pub fn config_dir(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("warren.toml"),
+        format!("{config}\n[auth]\nsigning_secret = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    dir
+}
+
 pub fn warren_bin() -> &'static str {
     env!("CARGO_BIN_EXE_warren")
 }
@@ -150,12 +162,11 @@ impl Gateway {
     }
 
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("warren.toml"),
-            format!("{config}\n[auth]\nsigning_secret = \"{SECRET}\"\n"),
-        )
-        .unwrap();
+        Self::start_in(config_dir(config), env)
+    }
+
+    /// Starts `warren serve` on `dir`, made by `config_dir` (and perhaps prepared since).
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
