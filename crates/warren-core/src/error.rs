@@ -29,6 +29,9 @@ pub enum ErrorCode {
     SandboxRunning,
     /// The thing asked for does not exist.
     NotFound,
+    /// The admin API was asked about a tenant this gateway knows nothing of: no
+    /// sandbox ever, no tier an operator chose, no `[tenants.<id>]` table.
+    UnknownTenant,
     /// An agent's request through an egress port could not reach its upstream.
     EgressUnreachable,
     Internal,
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::AdminUnauthorized => "admin_unauthorized",
             ErrorCode::SandboxRunning => "sandbox_running",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::UnknownTenant => "unknown_tenant",
             ErrorCode::EgressUnreachable => "egress_unreachable",
             ErrorCode::Internal => "internal",
         }
@@ -66,7 +70,7 @@ impl ErrorCode {
             | ErrorCode::AuthExpired
             | ErrorCode::AdminUnauthorized => 401,
             ErrorCode::SandboxRunning => 409,
-            ErrorCode::NotFound => 404,
+            ErrorCode::NotFound | ErrorCode::UnknownTenant => 404,
             ErrorCode::BadRequest => 400,
             ErrorCode::CapacityExhausted
             | ErrorCode::ShuttingDown

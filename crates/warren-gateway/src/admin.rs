@@ -1,6 +1,6 @@
 //! The admin API under `/admin/api`, and `/metrics`, behind a bearer token (compared in
-//! constant time). The CLI's `sync`, `sweep`, `snapshots`, `restore` and `tier` verbs
-//! call it.
+//! constant time) or, under `/admin`, the dashboard's session cookie (see `dashboard`).
+//! The CLI's admin verbs call it. docs/admin.md lists every route.
 //!
 //! - `GET  /metrics`: see `metrics`.
 //! - `POST /admin/api/tenants/{tenant}/sync`: sync now (frozen if running); the report.
@@ -9,8 +9,17 @@
 //!   restore; refused with 409 while the sandbox runs unless `stop=true`.
 //! - `POST /admin/api/sweep`: a sweep now, streamed as one JSON line per tenant, then
 //!   the report.
+//! - `POST /admin/api/cleanup[?apply=true]`: the inactive-tenant cleanup now, a dry run
+//!   unless `apply`; its report. `GET` answers its settings and last report.
 //! - `GET  /admin/api/workers`: the background workers and their state.
-//! - `GET  /admin/api/tenants/{tenant}`: the tenant's status (as `/api/status`).
+//! - `GET  /admin/api/tenants`: every tenant the gateway knows (`tenants::list`), with
+//!   the capacity.
+//! - `GET  /admin/api/tenants/{tenant}`: one tenant in full (`tenants::detail`); 404
+//!   `unknown_tenant` for a tenant the gateway does not know.
+//! - `POST /admin/api/tenants/{tenant}/stop`: stop its sandbox now (cause `admin`).
+//! - `POST /admin/api/tenants/{tenant}/restart`: stop it, start it again, answer once
+//!   it is ready.
+//! - `GET  /admin/api/events?tenant=&limit=`: the most recent events, newest first.
 //! - `PUT  /admin/api/tenants/{tenant}/tier` with `{"tier": "<name>"}` (or `null`, back to
 //!   the config's): puts the tenant in a tier of the config; answers its status.
 
@@ -25,18 +34,28 @@ use bytes::Bytes;
 use http::{HeaderMap, header};
 use serde::Deserialize;
 use warren_core::auth::constant_time_eq;
+use warren_core::sandbox::{SandboxState, StopCause};
 use warren_core::{ErrorCode, TenantId};
 use warren_store::StoreError;
 
 use crate::edge::Edge;
 use crate::error::ApiError;
 
+pub(crate) mod tenants;
+mod usage;
+
 pub fn router() -> Router<Arc<Edge>> {
     Router::new()
+        .route("/admin/api/tenants", get(list_tenants))
+        .route("/admin/api/tenants/{tenant}/stop", post(stop))
+        .route("/admin/api/tenants/{tenant}/restart", post(restart))
+        .route("/admin/api/events", get(events))
+        .merge(crate::dashboard::router())
         .route("/admin/api/tenants/{tenant}/sync", post(sync))
         .route("/admin/api/tenants/{tenant}/snapshots", get(snapshots))
         .route("/admin/api/tenants/{tenant}/restore", post(restore))
         .route("/admin/api/sweep", post(sweep))
+        .route("/admin/api/cleanup", get(cleanup_report).post(cleanup))
         .route("/admin/api/workers", get(workers))
         .route("/admin/api/tenants/{tenant}", get(tenant_status))
         .route("/metrics", get(metrics))
@@ -46,13 +65,15 @@ pub fn router() -> Router<Arc<Edge>> {
         )
 }
 
-fn authorize(edge: &Edge, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(edge: &Edge, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if constant_time_eq(given.as_bytes(), edge.ctx.admin_token.expose().as_bytes()) {
+    if constant_time_eq(given.as_bytes(), edge.ctx.admin_token.expose().as_bytes())
+        || crate::dashboard::session_valid(edge, headers)
+    {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -200,10 +221,58 @@ async fn sweep(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Resp
         .into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanupQuery {
+    #[serde(default)]
+    apply: bool,
+}
+
+async fn cleanup(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Query(q): Query<CleanupQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    // An operator's run goes on to its end: nothing stops it but the process.
+    let (_, never) = tokio::sync::watch::channel(false);
+    let report = edge.cleanup.run_once(&edge, q.apply, &never).await;
+    let report = report.map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+    Ok(axum::Json(report).into_response())
+}
+
+async fn cleanup_report(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let config = &edge.ctx.config.cleanup;
+    let format = warren_core::duration::format;
+    Ok(axum::Json(serde_json::json!({
+        "enabled": config.enabled,
+        "schedule": config.schedule,
+        "inactive_after": format(config.inactive_after.0),
+        "snapshots_after": format(config.snapshots_after.0),
+        "worker": edge.cleanup.status(),
+        "last_report": edge.cleanup.last_report(),
+    }))
+    .into_response())
+}
+
 async fn workers(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&edge, &headers)?;
-    let workers = [edge.sweep.status(), edge.prewarm.status()];
+    let workers = worker_statuses(&edge);
     Ok(axum::Json(serde_json::json!({ "workers": workers })).into_response())
+}
+
+/// Every background worker's state, for the API and the dashboard. Retention has no
+/// worker of its own: the sweep applies it to each tenant it syncs.
+pub(crate) fn worker_statuses(edge: &Edge) -> Vec<crate::schedule::WorkerStatus> {
+    vec![
+        edge.sweep.status(),
+        edge.prewarm.status(),
+        edge.cleanup.status(),
+    ]
 }
 
 async fn tenant_status(
@@ -213,7 +282,98 @@ async fn tenant_status(
 ) -> Result<Response, ApiError> {
     authorize(&edge, &headers)?;
     let t = tenant(&raw)?;
-    Ok(axum::Json(edge.tenants.status(&t).await?).into_response())
+    Ok(axum::Json(tenants::detail(&edge, &t).await?).into_response())
+}
+
+async fn list_tenants(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let list = tenants::list(&edge).await?;
+    let capacity = tenants::capacity(&edge);
+    Ok(axum::Json(serde_json::json!({ "capacity": capacity, "tenants": list })).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    tenant: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most events one call returns.
+const MAX_EVENTS: usize = 1000;
+
+async fn events(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let t = match q.tenant.as_deref().filter(|t| !t.is_empty()) {
+        Some(raw) => Some(tenant(raw)?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_EVENTS);
+    let events = tenants::events(&edge, t.as_ref(), limit).await?;
+    Ok(axum::Json(serde_json::json!({ "events": events })).into_response())
+}
+
+/// Stops the tenant's sandbox, if one runs, for an operator; answers once it is gone
+/// and synced. `stopped` tells whether one ran.
+pub(crate) async fn stop_tenant(edge: &Edge, t: &TenantId) -> Result<serde_json::Value, ApiError> {
+    tenants::known(edge, t).await?;
+    let was = edge.tenants.status(t).await?.state;
+    if edge.tenants.has_actor(t) {
+        edge.tenants.handle(t).stop(StopCause::Admin).await;
+    }
+    tracing::info!(tenant = %t, was = was.as_str(), "sandbox stopped by an operator");
+    Ok(serde_json::json!({
+        "tenant": t.to_string(),
+        "stopped": was != SandboxState::Asleep,
+        "status": edge.tenants.status(t).await?,
+    }))
+}
+
+/// Stops the tenant's sandbox (if one runs) and starts it again; answers once the new
+/// one is ready, with how long its start took.
+pub(crate) async fn restart_tenant(
+    edge: &Edge,
+    t: &TenantId,
+) -> Result<serde_json::Value, ApiError> {
+    tenants::known(edge, t).await?;
+    let handle = edge.tenants.handle(t);
+    handle.stop(StopCause::Admin).await;
+    let ready = handle.acquire().await?;
+    let start_ms = ready.phases.map(|p| p.total().as_secs_f64() * 1000.0);
+    // The new sandbox's idle clock runs from now.
+    drop(ready);
+    tracing::info!(tenant = %t, "sandbox restarted by an operator");
+    Ok(serde_json::json!({
+        "tenant": t.to_string(),
+        "start_ms": start_ms,
+        "status": handle.status(),
+    }))
+}
+
+async fn stop(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let t = tenant(&raw)?;
+    Ok(axum::Json(stop_tenant(&edge, &t).await?).into_response())
+}
+
+async fn restart(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&edge, &headers)?;
+    let t = tenant(&raw)?;
+    Ok(axum::Json(restart_tenant(&edge, &t).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -21,6 +21,7 @@ use warren_store::{Freeze, SyncEngine};
 pub mod admin;
 pub mod admission;
 pub mod agent;
+pub mod dashboard;
 pub mod edge;
 pub mod egress;
 pub mod error;

@@ -28,7 +28,7 @@ use warren_core::sandbox::{SandboxState, StopCause};
 use warren_core::{ErrorCode, TenantId};
 use warren_runtime::cgroup::Limits;
 use warren_runtime::{Exit, Network, Sandbox, SandboxSpec};
-use warren_state::{SandboxIdentity, Transition};
+use warren_state::{SandboxIdentity, SandboxRecord, Transition};
 use warren_store::engine::Watch;
 use warren_store::{Freeze, SyncStatus};
 
@@ -308,6 +308,13 @@ impl TenantHandle {
         self.shared.last_active_ms.load(Ordering::Relaxed)
     }
 
+    /// The running sandbox (ready, or past its creation in a start), if any.
+    pub fn sandbox(&self) -> Option<Sandbox> {
+        let running = self.shared.sandbox.lock();
+        let running = running.unwrap_or_else(|e| e.into_inner());
+        running.as_ref().map(|(sandbox, _)| sandbox.clone())
+    }
+
     /// The admission priority of the tenant's tier.
     pub fn priority(&self) -> u32 {
         self.shared.ctx.profile(&self.shared.tenant).priority
@@ -449,6 +456,18 @@ impl Tenants {
         adopted
     }
 
+    /// Every tenant that has an actor on this gateway, by tenant id.
+    pub fn handles(&self) -> Vec<TenantHandle> {
+        let mut handles: Vec<_> = self.actors().values().cloned().collect();
+        handles.sort_by(|a, b| a.tenant().cmp(b.tenant()));
+        handles
+    }
+
+    /// Whether this gateway has an actor for the tenant.
+    pub fn has_actor(&self, tenant: &TenantId) -> bool {
+        self.actors().contains_key(tenant)
+    }
+
     /// The freeze of a tenant's running sandbox, if one runs.
     pub fn freeze(&self, tenant: &TenantId) -> Option<Arc<dyn Freeze>> {
         self.actors().get(tenant).and_then(TenantHandle::freeze)
@@ -466,6 +485,11 @@ impl Tenants {
             .sandbox(tenant)
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(self.status_of_record(tenant, record.as_ref()))
+    }
+
+    /// The status of a tenant that has no actor here, from its state store row.
+    pub fn status_of_record(&self, tenant: &TenantId, record: Option<&SandboxRecord>) -> Status {
         let mut status = Status::asleep(&self.ctx, tenant, 0);
         // Without an actor no sandbox of this gateway runs: asleep, since its last
         // transition.
@@ -477,7 +501,7 @@ impl Tenants {
                 detail: r.detail.clone(),
             });
         }
-        Ok(status)
+        status
     }
 
     /// Puts `tenant` in `tier` (`None`: back in its config's), durably, and lets a
@@ -545,6 +569,7 @@ fn spawn_actor(ctx: Arc<Context>, tenant: TenantId) -> TenantHandle {
         failures: 0,
         restart_after: None,
         adopted: None,
+        stop_cause: None,
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -584,6 +609,8 @@ struct Actor {
     restart_after: Option<Instant>,
     /// Told once a sandbox being taken over from an earlier gateway is ready (or not).
     adopted: Option<oneshot::Sender<()>>,
+    /// Why a `Stop` that came while the sandbox started wants it stopped once up.
+    stop_cause: Option<StopCause>,
 }
 
 /// The wait before restarting a sandbox that crashed, doubled for each failure in a
@@ -626,7 +653,11 @@ impl Actor {
                         self.stop_waiters.push(reply);
                         self.begin_stop(cause, None).await;
                     }
-                    Phase::Starting(_) | Phase::Stopping(_) => self.stop_waiters.push(reply),
+                    Phase::Starting(_) => {
+                        self.stop_cause.get_or_insert(cause);
+                        self.stop_waiters.push(reply);
+                    }
+                    Phase::Stopping(_) => self.stop_waiters.push(reply),
                 },
                 Command::Hold(reply, stop) => match self.phase {
                     Phase::Asleep => self.grant_hold(reply),
@@ -905,7 +936,7 @@ impl Actor {
                 }
                 if !self.stop_waiters.is_empty() || !self.hold_waiters.is_empty() {
                     let cause = if self.hold_waiters.is_empty() {
-                        StopCause::Shutdown
+                        self.stop_cause.take().unwrap_or(StopCause::Shutdown)
                     } else {
                         StopCause::Admin
                     };
@@ -1060,6 +1091,7 @@ impl Actor {
 
     /// The sandbox is gone: answer whoever waited for that.
     fn settled(&mut self) {
+        self.stop_cause = None;
         for w in self.stop_waiters.drain(..) {
             let _ = w.send(());
         }

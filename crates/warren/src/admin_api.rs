@@ -61,6 +61,43 @@ impl Target {
     }
 }
 
+/// Where the verbs that only a running gateway can answer (`tenants`, `stop`, ...)
+/// send their calls.
+#[derive(clap::Args, Debug)]
+pub struct Online {
+    /// The gateway to ask (default: `public_url`, else `http://<listen>`).
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// Print the gateway's answer as it is (JSON).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl Online {
+    /// Calls the admin API and returns its JSON answer, with the config it used.
+    pub fn call(&self, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+        let config = self.config.load()?;
+        let base = self
+            .gateway
+            .clone()
+            .unwrap_or_else(|| config.public_url())
+            .trim_end_matches('/')
+            .to_owned();
+        block_on(async {
+            let mut body = String::new();
+            call(&config, &base, method, path, &mut |line| {
+                body.push_str(line);
+                Ok(())
+            })
+            .await?;
+            serde_json::from_str(&body)
+                .with_context(|| format!("the gateway's answer is not JSON: {body}"))
+        })?
+    }
+}
+
 /// Calls the admin API; `on_line` gets the body line by line as it streams in.
 pub async fn call(
     config: &Config,
@@ -153,4 +190,59 @@ pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
         .enable_all()
         .build()?
         .block_on(f))
+}
+
+/// `12 s ago`: how long before now a time in ms since the Unix epoch was.
+pub fn ago(at_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let secs = now.saturating_sub(at_ms) / 1000;
+    match secs {
+        0..=1 => "just now".into(),
+        2..=119 => format!("{secs} s ago"),
+        120..=7199 => format!("{} min ago", secs / 60),
+        7200..=172_799 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+/// `850 ms`, `12.3 s`: a duration in milliseconds for people.
+pub fn human_ms(ms: f64) -> String {
+    match ms {
+        ms if ms < 1000.0 => format!("{ms:.0} ms"),
+        ms if ms < 60_000.0 => format!("{:.1} s", ms / 1000.0),
+        ms => format!("{:.1} min", ms / 60_000.0),
+    }
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
 }

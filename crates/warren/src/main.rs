@@ -37,6 +37,18 @@ enum Command {
     Restore(commands::restore::Args),
     /// Show a tenant's tier, or put it in another.
     Tier(commands::tier::Args),
+    /// List every tenant the running gateway knows, with its sandbox's state.
+    Tenants(commands::tenants::Args),
+    /// Show one tenant in full: state, profile, activity, sync, resources, events.
+    Tenant(commands::tenant::Args),
+    /// Show the most recent sandbox events, of one tenant or all.
+    Events(commands::events::Args),
+    /// Stop a tenant's sandbox now (synced first).
+    Stop(commands::stop::Args),
+    /// Stop a tenant's sandbox and start it again.
+    Restart(commands::restart::Args),
+    /// Show the gateway's background workers and their state.
+    Workers(commands::workers::Args),
     /// Copy the state store (tier assignments, records, events) while the gateway runs.
     BackupState(commands::backup_state::Args),
     /// Bring a machine back from the store: every tenant's newest snapshot, and the state
@@ -59,6 +71,12 @@ fn main() -> std::process::ExitCode {
         Command::Snapshots(args) => commands::snapshots::run(args),
         Command::Restore(args) => commands::restore::run(args),
         Command::Tier(args) => commands::tier::run(args),
+        Command::Tenants(args) => commands::tenants::run(args),
+        Command::Tenant(args) => commands::tenant::run(args),
+        Command::Events(args) => commands::events::run(args),
+        Command::Stop(args) => commands::stop::run(args),
+        Command::Restart(args) => commands::restart::run(args),
+        Command::Workers(args) => commands::workers::run(args),
         Command::BackupState(args) => commands::backup_state::run(args),
         Command::Recover(args) => commands::recover::run(args),
         Command::SandboxWait => Err(anyhow::Error::new(

@@ -1,11 +1,17 @@
 pub mod backup_state;
 pub mod chat;
 pub mod echo_agent;
+pub mod events;
 pub mod recover;
+pub mod restart;
 pub mod restore;
 pub mod serve;
 pub mod snapshots;
+pub mod stop;
 pub mod sweep;
 pub mod sync;
+pub mod tenant;
+pub mod tenants;
 pub mod tier;
 pub mod token;
+pub mod workers;

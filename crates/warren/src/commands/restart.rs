@@ -1,0 +1,35 @@
+//! `warren restart TENANT`: stop a tenant's sandbox (synced first, cause `admin`) and
+//! start it again, through the running gateway; returns once the new one is ready.
+
+use http::Method;
+use warren_core::TenantId;
+
+use crate::admin_api::{Online, cell, human_ms};
+use crate::settings::parse_tenant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The tenant (user) id.
+    #[arg(value_parser = parse_tenant)]
+    tenant: TenantId,
+    #[command(flatten)]
+    online: Online,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let path = format!("/admin/api/tenants/{}/restart", args.tenant);
+    let answer = args.online.call(Method::POST, &path)?;
+    if args.online.json {
+        println!("{answer:#}");
+        return Ok(());
+    }
+    let took = answer["start_ms"].as_f64().map_or(String::new(), |ms| {
+        format!(" (started in {})", human_ms(ms))
+    });
+    println!(
+        "{}: restarted, now {}{took}",
+        args.tenant,
+        cell(&answer["status"]["state"])
+    );
+    Ok(())
+}
