@@ -58,6 +58,11 @@ pub struct Config {
     /// WebSockets before it closes them (1012); also how long each later step of a
     /// shutdown (close handshakes, requests in flight) may take.
     pub drain_timeout: ConfigDuration,
+    /// Each user's request rate, unless their tenant or tier says otherwise.
+    pub rate_limit: RateLimit,
+    /// WebSockets one user may hold open at once, unless their tenant or tier says
+    /// otherwise; 0: no cap.
+    pub max_websockets: u32,
     pub auth: AuthConfig,
     pub admission: AdmissionConfig,
     pub runtime: RuntimeConfig,
@@ -70,6 +75,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub sweep: SweepConfig,
     pub retention: RetentionConfig,
+    pub cleanup: CleanupConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
     /// Named sets of sandbox settings that tenants refer to by `tier`.
@@ -92,6 +98,8 @@ impl Default for Config {
             waiting_page_after: ConfigDuration(Duration::from_millis(250)),
             client_header_timeout: ConfigDuration(Duration::from_secs(30)),
             drain_timeout: ConfigDuration(Duration::from_secs(10)),
+            rate_limit: RateLimit::default(),
+            max_websockets: 32,
             auth: AuthConfig::default(),
             admission: AdmissionConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -102,6 +110,7 @@ impl Default for Config {
             sync: SyncConfig::default(),
             sweep: SweepConfig::default(),
             retention: RetentionConfig::default(),
+            cleanup: CleanupConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             tiers: BTreeMap::new(),
@@ -138,6 +147,8 @@ pub struct TierConfig {
     pub prewarm: Vec<String>,
     /// A key of `[agents]`: the workload of the tier's sandboxes.
     pub agent: Option<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub max_websockets: Option<u32>,
 }
 
 /// `[tenants.<id>]`: one tenant's settings. Unset keys fall back to its tier, then to
@@ -155,6 +166,8 @@ pub struct TenantConfig {
     pub prewarm: Vec<String>,
     /// A key of `[agents]`: this tenant's workload.
     pub agent: Option<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub max_websockets: Option<u32>,
 }
 
 /// What one tenant's sandbox gets, resolved from its own settings, its tier's and the
@@ -173,12 +186,63 @@ pub struct SandboxProfile<'a> {
     /// The agent profile's name: a key of `[agents]`, or [`DEFAULT_AGENT`] for `[agent]`.
     pub agent_name: &'a str,
     pub agent: &'a AgentConfig,
+    /// The user's request rate at the edge.
+    pub rate_limit: RateLimit,
+    /// The user's open WebSockets at most; 0: no cap.
+    pub max_websockets: u32,
 }
 
 impl SandboxProfile<'_> {
     /// Never put to sleep for idleness.
     pub fn keep_warm(&self) -> bool {
         self.sleep_after == SleepAfter::Never
+    }
+}
+
+/// `rate_limit`: a token bucket per user at the edge. It holds `burst` requests and
+/// refills at `requests_per_second`; a request that finds it empty gets 429.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per second, sustained; fractions allowed. 0 turns the limit off.
+    pub requests_per_second: f64,
+    /// Requests that may come at once after a quiet spell; twice the rate (at least 1)
+    /// when unset.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 100.0,
+            burst: Some(200),
+        }
+    }
+}
+
+impl RateLimit {
+    /// No limit at all.
+    pub fn is_off(&self) -> bool {
+        self.requests_per_second == 0.0
+    }
+
+    /// The bucket's size.
+    pub fn burst(&self) -> u32 {
+        self.burst
+            .unwrap_or_else(|| (self.requests_per_second * 2.0).ceil().min(1e6) as u32)
+            .max(1)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let rate_ok =
+            self.requests_per_second.is_finite() && (0.0..=1e6).contains(&self.requests_per_second);
+        let burst_ok = self.burst.is_none_or(|b| (1..=1_000_000).contains(&b));
+        if rate_ok && burst_ok {
+            Ok(())
+        } else {
+            Err("requests_per_second must be 0 (off) to 1000000 and burst 1 to 1000000".into())
+        }
     }
 }
 
@@ -564,6 +628,41 @@ impl Default for RetentionConfig {
     }
 }
 
+/// `[cleanup]`: the inactive-tenant cleanup. A tenant whose sandbox has been asleep for
+/// `inactive_after` loses its local workspace (the store keeps it); `snapshots_after`
+/// later, unless it came back meanwhile, its snapshots go from the store too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    /// A cron expression (five fields, or six with seconds first; UTC): when the
+    /// cleanup runs. An empty string turns the schedule off.
+    pub schedule: String,
+    /// `false`: a dry run that only reports what it would remove.
+    pub enabled: bool,
+    /// How long a tenant's sandbox must have been asleep before its local workspace
+    /// is removed.
+    pub inactive_after: ConfigDuration,
+    /// How long after its local workspace was removed a tenant that did not come back
+    /// loses its snapshots in the store.
+    pub snapshots_after: ConfigDuration,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            schedule: "30 3 * * *".into(),
+            enabled: false,
+            inactive_after: ConfigDuration(Duration::from_secs(90 * 86_400)),
+            snapshots_after: ConfigDuration(Duration::from_secs(30 * 86_400)),
+        }
+    }
+}
+
+/// Parses the cleanup's schedule: cron, five fields or six with seconds first, UTC.
+pub fn cleanup_schedule(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    prewarm_rule(expr)
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -840,6 +939,26 @@ impl Config {
                 ));
             }
         }
+        let limits = self.per_tier_and_tenant("rate_limit", |t| &t.rate_limit, |t| &t.rate_limit);
+        let limits = limits.filter_map(|(key, limit)| Some((key, (*limit)?)));
+        for (key, limit) in
+            std::iter::once(("rate_limit".to_owned(), self.rate_limit)).chain(limits)
+        {
+            limit
+                .validate()
+                .or_else(|m| invalid(format!("{key}: {m}")))?;
+        }
+        if self.cleanup.inactive_after.0.is_zero() {
+            return invalid("cleanup.inactive_after must be more than 0".into());
+        }
+        let schedule = self.cleanup.schedule.trim();
+        if !schedule.is_empty()
+            && let Err(e) = cleanup_schedule(schedule)
+        {
+            return invalid(format!(
+                "cleanup.schedule: invalid cron rule {schedule:?}: {e}"
+            ));
+        }
         let choices = self.per_tier_and_tenant("agent", |t| &t.agent, |t| &t.agent);
         for (key, agent) in choices {
             if let Some(name) = agent
@@ -975,6 +1094,14 @@ impl Config {
             priority: tier.map_or(0, |t| t.priority),
             agent_name,
             agent,
+            rate_limit: own
+                .and_then(|t| t.rate_limit)
+                .or(tier.and_then(|t| t.rate_limit))
+                .unwrap_or(self.rate_limit),
+            max_websockets: own
+                .and_then(|t| t.max_websockets)
+                .or(tier.and_then(|t| t.max_websockets))
+                .unwrap_or(self.max_websockets),
         }
     }
 
@@ -1319,6 +1446,86 @@ mod tests {
             err.contains("tenants.alice.tier") && err.contains("\"gold\"") && err.contains("pro"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rate_limits_and_websocket_caps_come_from_the_tenant_then_its_tier() {
+        let c = Config::parse(
+            "rate_limit = { requests_per_second = 5, burst = 10 }\nmax_websockets = 4\n\
+             [tiers.pro]\nrate_limit = { requests_per_second = 100 }\n\
+             [tenants.alice]\ntier = \"pro\"\nmax_websockets = 0\n\
+             [tenants.bob]\ntier = \"pro\"\nrate_limit = { requests_per_second = 0 }\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let limits = |id: &str| {
+            let p = c.sandbox_profile(&tenant(id));
+            (
+                p.rate_limit.requests_per_second,
+                p.rate_limit.burst(),
+                p.rate_limit.is_off(),
+                p.max_websockets,
+            )
+        };
+        assert_eq!(
+            limits("alice"),
+            (100.0, 200, false, 0),
+            "the tier's rate, her own cap"
+        );
+        assert_eq!(limits("bob"), (0.0, 1, true, 4));
+        assert_eq!(limits("carol"), (5.0, 10, false, 4));
+        let defaults = Config::default();
+        let d = defaults.sandbox_profile(&tenant("anyone"));
+        assert_eq!(
+            (d.rate_limit.requests_per_second, d.rate_limit.burst()),
+            (100.0, 200)
+        );
+        assert_eq!(d.max_websockets, 32);
+        for (text, says) in [
+            (
+                "rate_limit = { requests_per_second = -1 }",
+                "rate_limit: requests_per_second",
+            ),
+            (
+                "rate_limit = { requests_per_second = nan }",
+                "rate_limit: requests_per_second",
+            ),
+            (
+                "[tiers.x]\nrate_limit = { requests_per_second = 1, burst = 0 }",
+                "tiers.x.rate_limit",
+            ),
+            (
+                "[tenants.y]\nrate_limit = { requests_per_second = 1e9 }",
+                "tenants.y.rate_limit",
+            ),
+        ] {
+            let error = invalid(text);
+            assert!(error.contains(says), "{text}: {error}");
+        }
+        let err = Config::parse("rate_limit = { per_second = 1 }").unwrap_err();
+        assert!(err.contains("per_second"), "{err}");
+        assert!(Config::parse("max_websockets = -1").is_err());
+    }
+
+    #[test]
+    fn cleanup_is_a_dry_run_by_default_and_checks_its_keys() {
+        let c = Config::default();
+        assert!(!c.cleanup.enabled);
+        assert_eq!(c.cleanup.inactive_after.0, Duration::from_secs(90 * 86_400));
+        let c = Config::parse(
+            "[cleanup]\nenabled = true\ninactive_after = \"1s\"\nsnapshots_after = \"0s\"\nschedule = \"*/10 * * * * *\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.cleanup.enabled);
+        let err = invalid("[cleanup]\ninactive_after = \"0s\"");
+        assert!(err.contains("cleanup.inactive_after"), "{err}");
+        let err = invalid("[cleanup]\nschedule = \"at night\"");
+        assert!(err.contains("cleanup.schedule"), "{err}");
+        Config::parse("[cleanup]\nschedule = \"\"")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

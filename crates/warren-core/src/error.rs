@@ -15,6 +15,8 @@ pub enum ErrorCode {
     BadRequest,
     /// Every sandbox slot is busy and the admission queue is full or timed out.
     CapacityExhausted,
+    /// The user went over their request rate or their cap of open WebSockets.
+    RateLimited,
     /// The sandbox did not become ready, or exited while starting.
     SandboxStartFailed,
     /// The sandbox was reachable but the request to it failed.
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::AuthExpired => "auth_expired",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::CapacityExhausted => "capacity_exhausted",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::SandboxStartFailed => "sandbox_start_failed",
             ErrorCode::SandboxUnreachable => "sandbox_unreachable",
             ErrorCode::ShuttingDown => "shutting_down",
@@ -72,6 +75,7 @@ impl ErrorCode {
             ErrorCode::SandboxRunning => 409,
             ErrorCode::NotFound | ErrorCode::UnknownTenant => 404,
             ErrorCode::BadRequest => 400,
+            ErrorCode::RateLimited => 429,
             ErrorCode::CapacityExhausted
             | ErrorCode::ShuttingDown
             | ErrorCode::StoreUnavailable => 503,
@@ -87,6 +91,7 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::CapacityExhausted
+                | ErrorCode::RateLimited
                 | ErrorCode::SandboxStartFailed
                 | ErrorCode::SandboxUnreachable
                 | ErrorCode::EgressUnreachable
@@ -105,6 +110,7 @@ mod tests {
         for code in [
             ErrorCode::AuthMissing,
             ErrorCode::CapacityExhausted,
+            ErrorCode::RateLimited,
             ErrorCode::AuthInvalidUserId,
         ] {
             assert_eq!(

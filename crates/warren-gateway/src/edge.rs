@@ -7,6 +7,10 @@
 //! path, is authenticated and proxied to the caller's sandbox, started on demand.
 //! `/ws/api/history` is the original frontend's name for `/api/history`.
 //!
+//! Every authenticated request counts against its user's rate, and a WebSocket takes a
+//! place under its user's cap until its relay ends ([`crate::limits`]); health routes,
+//! `/metrics` and the admin API are never limited.
+//!
 //! A request for a sandbox that is not ready waits for its start (API clients and
 //! WebSockets, until the start's own timeouts), except a browser loading a page: past
 //! `waiting_page_after` it gets the waiting page ([`waiting`]) while the start goes on
@@ -28,6 +32,7 @@ use warren_core::sandbox::SandboxState;
 use warren_core::{ErrorCode, TenantId};
 
 use crate::error::ApiError;
+use crate::limits::{Limits, WebSocketSlot};
 use crate::proxy::{self, Strip};
 use crate::schedule::SweepWorker;
 use crate::tenant::{Ready, StartPhases, TenantHandle, Tenants};
@@ -40,6 +45,9 @@ pub struct Edge {
     pub tenants: Tenants,
     pub sweep: Arc<SweepWorker>,
     pub prewarm: Arc<crate::prewarm::PrewarmWorker>,
+    pub cleanup: Arc<crate::cleanup::CleanupWorker>,
+    /// Each user's request rate and open WebSockets.
+    pub limits: Arc<Limits>,
     requests: AtomicU64,
 }
 
@@ -48,6 +56,8 @@ impl Edge {
         Arc::new(Self {
             tenants: Tenants::new(ctx.clone()),
             prewarm: crate::prewarm::PrewarmWorker::new(&ctx.config),
+            cleanup: crate::cleanup::CleanupWorker::new(),
+            limits: Limits::new(),
             ctx,
             sweep: SweepWorker::new(),
             requests: AtomicU64::new(0),
@@ -139,6 +149,24 @@ fn authenticate(ctx: &Context, request: &Request<Body>) -> Result<Caller, ApiErr
     })
 }
 
+/// Counts the caller's request against its tenant's rate and, for a WebSocket, takes a
+/// place under its tenant's cap, which the relay's lease then holds.
+fn admit(
+    edge: &Edge,
+    caller: &Caller,
+    request: &Request<Body>,
+) -> Result<Option<WebSocketSlot>, ApiError> {
+    let profile = edge.ctx.profile(&caller.tenant);
+    let (rate, max_websockets) = (profile.rate_limit, profile.max_websockets);
+    edge.limits.request(&caller.tenant, rate)?;
+    if !websocket::is_upgrade(request.headers()) {
+        return Ok(None);
+    }
+    edge.limits
+        .websocket(&caller.tenant, max_websockets)
+        .map(Some)
+}
+
 fn with_cookie(mut response: Response, caller: &Caller) -> Response {
     if let Some(cookie) = &caller.cookie {
         response
@@ -153,6 +181,9 @@ async fn status(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Respon
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = admit(&edge, &caller, &request) {
+        return with_cookie(e.into_response(), &caller);
+    }
     let response = match edge.tenants.status(&caller.tenant).await {
         Ok(status) => axum::Json(status).into_response(),
         Err(e) => e.into_response(),
@@ -167,6 +198,9 @@ async fn prewarm(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Respo
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = admit(&edge, &caller, &request) {
+        return with_cookie(e.into_response(), &caller);
+    }
     if edge.ctx.draining.load(Ordering::Acquire) {
         let e = ApiError::new(ErrorCode::ShuttingDown, "the gateway is restarting");
         return e.retry_after(1).into_response();
@@ -240,7 +274,14 @@ async fn proxied(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Respo
             return e.into_response();
         }
     };
-    let response = match forward(&edge, &caller, request).await {
+    let slot = match admit(&edge, &caller, &request) {
+        Ok(slot) => slot,
+        Err(e) => {
+            tracing::debug!(request = id, tenant = %caller.tenant, %method, %path, code = e.code.as_str(), "limited");
+            return with_cookie(e.into_response(), &caller);
+        }
+    };
+    let response = match forward(&edge, &caller, request, slot).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -253,6 +294,7 @@ async fn forward(
     edge: &Edge,
     caller: &Caller,
     request: Request<Body>,
+    slot: Option<WebSocketSlot>,
 ) -> Result<Response, ApiError> {
     let ready = if edge.ctx.draining.load(Ordering::Acquire) {
         // Once shutdown has begun, no new sandbox: a request on a connection accepted
@@ -299,13 +341,17 @@ async fn forward(
     }
     let mut response = if websocket::is_upgrade(request.headers()) {
         let inject = openclaw.then(|| edge.ctx.signer.agent_token(&caller.tenant));
+        let mut lease = ready.lease;
+        if let Some(slot) = slot {
+            lease.carry(slot);
+        }
         proxy::websocket(
             &edge.ctx,
             &ready.upstream,
             &path,
             request,
             &strip,
-            ready.lease,
+            lease,
             inject,
         )
         .await?

@@ -184,6 +184,16 @@ impl Gateway {
                 .clone()
                 .run(self.edge.clone(), stop_workers.subscribe()),
         );
+        let cleanup = match ctx.config.cleanup.schedule.trim() {
+            "" => None,
+            expr => {
+                let cron = warren_core::config::cleanup_schedule(expr)
+                    .map_err(|e| anyhow::anyhow!("invalid cleanup.schedule {expr:?}: {e}"))?;
+                let worker = self.edge.cleanup.clone();
+                let stop = stop_workers.subscribe();
+                Some(tokio::spawn(worker.run(self.edge.clone(), cron, stop)))
+            }
+        };
 
         let (how, successor) = tokio::select! {
             how = shutdown => (how, None),
@@ -194,6 +204,9 @@ impl Gateway {
             let _ = sweep.await;
         }
         let _ = prewarm.await;
+        if let Some(cleanup) = cleanup {
+            let _ = cleanup.await;
+        }
         ctx.draining.store(true, Ordering::Release);
         // Kept-alive connections linger (see `accept`) only for a successor: a
         // restart closes the port anyway, and lingering would only delay it.

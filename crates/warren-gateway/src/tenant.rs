@@ -223,13 +223,23 @@ impl Shared {
 /// Holds a sandbox awake while a request or WebSocket is open.
 pub struct Lease {
     shared: Arc<Shared>,
+    /// Kept until the lease ends (a WebSocket's place under its tenant's cap).
+    rider: Option<Box<dyn Send + Sync>>,
 }
 
 impl Lease {
     fn new(shared: Arc<Shared>) -> Self {
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
         shared.touch();
-        Self { shared }
+        Self {
+            shared,
+            rider: None,
+        }
+    }
+
+    /// Keeps `rider` until the lease ends, however the request or relay ends.
+    pub fn carry(&mut self, rider: impl Send + Sync + 'static) {
+        self.rider = Some(Box::new(rider));
     }
 
     /// Records activity (a WebSocket message) without opening a new lease.

@@ -10,6 +10,10 @@
 //!   CLI, and from the sweep.
 //! - `prepare`: before a sandbox starts, restore the workspace if the store holds a
 //!   newer snapshot than the local copy matches; a matching copy is used as is.
+//!
+//! An inactive tenant's data goes in two steps: `remove_local` drops the copy on this
+//! machine once a final sync has put all of it in the store (the next start restores
+//! it), and `forget` deletes everything of the tenant from the store.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -121,6 +125,13 @@ pub struct SweepReport {
     pub failed: usize,
     pub bytes_uploaded: u64,
     pub elapsed_ms: u64,
+}
+
+/// What `forget` deleted from the store.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Forgotten {
+    pub snapshots: usize,
+    pub chunks: usize,
 }
 
 pub struct SyncEngine {
@@ -393,6 +404,62 @@ impl SyncEngine {
             .ok_or_else(|| {
                 StoreError::NotFound(format!("a snapshot of {tenant} at or before that time"))
             })
+    }
+
+    /// Removes the tenant's copy on this machine (its workspace, its sync state, the
+    /// agent's log) once the store holds all of it: the workspace is synced first and
+    /// stays if that fails. Copies set aside under `conflicts/` stay too (no snapshot
+    /// holds them). The sandbox must not run; its next start restores the workspace
+    /// from the store. Answers the snapshot the removed copy matched.
+    pub async fn remove_local(&self, tenant: &TenantId) -> Result<Option<u64>, StoreError> {
+        let t = self.tenant(tenant);
+        let _guard = t.lock.lock().await;
+        let synced = self.sync_locked(tenant, None).await?;
+        let workspace = self.layout.workspace(tenant);
+        if workspace.exists() {
+            std::fs::remove_dir_all(&workspace)?;
+        }
+        for file in [
+            self.layout.sync_state(tenant),
+            self.layout.agent_log(tenant),
+        ] {
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        // Gone with its last file; one that still holds conflicts stays.
+        let _ = std::fs::remove_dir(self.layout.tenant_dir(tenant));
+        *t.status.lock().unwrap_or_else(|e| e.into_inner()) = SyncStatus::default();
+        tracing::info!(%tenant, seq = synced.seq, "local workspace removed; the store keeps it");
+        Ok(synced.seq)
+    }
+
+    /// Deletes every snapshot and chunk of the tenant from the store, then what is left
+    /// of it on this machine. Snapshot records go first, oldest first, and chunks only
+    /// once none is left: a delete cut short leaves the newest snapshots whole, never a
+    /// record naming a missing chunk. The sandbox must not run; its next start begins
+    /// with an empty workspace.
+    pub async fn forget(&self, tenant: &TenantId) -> Result<Forgotten, StoreError> {
+        let t = self.tenant(tenant);
+        let _guard = t.lock.lock().await;
+        let mut forgotten = Forgotten::default();
+        for seq in self.store.snapshot_seqs(tenant).await? {
+            self.store.delete_snapshot(tenant, seq).await?;
+            forgotten.snapshots += 1;
+        }
+        t.set_head(Head::Seen(None));
+        for (id, _) in self.store.chunks(tenant).await? {
+            self.store.delete_chunk(tenant, &id).await?;
+            forgotten.chunks += 1;
+        }
+        let dir = self.layout.tenant_dir(tenant);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        *t.status.lock().unwrap_or_else(|e| e.into_inner()) = SyncStatus::default();
+        tracing::info!(%tenant, snapshots = forgotten.snapshots, chunks = forgotten.chunks, "deleted from the store");
+        Ok(forgotten)
     }
 
     /// Thins a tenant's snapshots and collects unreferenced chunks.

@@ -49,6 +49,8 @@ enum Command {
     Restart(commands::restart::Args),
     /// Show the gateway's background workers and their state.
     Workers(commands::workers::Args),
+    /// Report (or with --apply remove) inactive tenants' workspaces and snapshots.
+    Cleanup(commands::cleanup::Args),
     /// Copy the state store (tier assignments, records, events) while the gateway runs.
     BackupState(commands::backup_state::Args),
     /// Bring a machine back from the store: every tenant's newest snapshot, and the state
@@ -77,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::Stop(args) => commands::stop::run(args),
         Command::Restart(args) => commands::restart::run(args),
         Command::Workers(args) => commands::workers::run(args),
+        Command::Cleanup(args) => commands::cleanup::run(args),
         Command::BackupState(args) => commands::backup_state::run(args),
         Command::Recover(args) => commands::recover::run(args),
         Command::SandboxWait => Err(anyhow::Error::new(

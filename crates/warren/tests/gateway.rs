@@ -1,11 +1,15 @@
 //! Black-box tests of the gateway: the real binary, real sandboxes (echo agents), real
 //! sockets on 127.0.0.1.
 
+#[path = "gateway/cleanup.rs"]
+mod cleanup;
 #[path = "gateway/cold_starts.rs"]
 mod cold_starts;
 #[path = "gateway/egress.rs"]
 mod egress;
 mod harness;
+#[path = "gateway/limits.rs"]
+mod limits;
 #[path = "gateway/openclaw.rs"]
 mod openclaw;
 #[path = "gateway/tiers.rs"]

@@ -1,5 +1,6 @@
 pub mod backup_state;
 pub mod chat;
+pub mod cleanup;
 pub mod echo_agent;
 pub mod events;
 pub mod recover;
