@@ -414,7 +414,7 @@ async fn metrics(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Re
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok((
         [(header::CONTENT_TYPE, content_type)],
-        edge.ctx.metrics.render(),
+        crate::metrics::scrape(&edge).await,
     )
         .into_response())
 }

@@ -38,6 +38,7 @@ use crate::schedule::SweepWorker;
 use crate::tenant::{Ready, StartPhases, TenantHandle, Tenants};
 use crate::{Context, websocket};
 
+mod request;
 mod waiting;
 
 pub struct Edge {
@@ -75,6 +76,10 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .merge(crate::admin::router())
         .route("/admin/{*rest}", axum::routing::any(admin_not_found))
         .fallback(proxied)
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            request::observe,
+        ))
         .with_state(edge)
 }
 
@@ -130,6 +135,8 @@ fn authenticate(ctx: &Context, request: &Request<Body>) -> Result<Caller, ApiErr
             .map_err(reject)?;
     let now = crate::unix_ms() / 1000;
     let tenant = ctx.signer.verify(&credential, now).map_err(reject)?;
+    // Every later line of the request names its tenant (see `request`).
+    tracing::Span::current().record("tenant", tracing::field::display(&tenant));
     let cookie = (credential.source != Source::Cookie).then(|| {
         let secure = if ctx.config.public_url().starts_with("https://") {
             "; Secure"

@@ -75,7 +75,8 @@ pub struct Context {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// WebSocket relays running: the gateway waits for them to say goodbye.
     pub relays: tokio::sync::watch::Sender<usize>,
-    pub metrics: metrics::Metrics,
+    /// Also told of every sync by the sync engine.
+    pub metrics: Arc<metrics::Metrics>,
     generations: AtomicU64,
     /// Tiers operators put tenants in (admin API), over the config's; kept in the
     /// state store and loaded by `Gateway::recover`.
@@ -96,6 +97,8 @@ impl Context {
             config.admission.queue_limit,
             config.admission.queue_timeout.0,
         ));
+        let metrics = Arc::new(metrics::Metrics::default());
+        services.sync.observe(metrics.clone());
         let upstreams = upstream::Upstreams::new(services.runtime.connector().clone());
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
@@ -120,7 +123,7 @@ impl Context {
             draining: AtomicBool::new(false),
             closing: tokio::sync::watch::Sender::new(false),
             relays: tokio::sync::watch::Sender::new(0),
-            metrics: metrics::Metrics::default(),
+            metrics,
             // Generations only need to grow across restarts; start from the wall clock.
             generations: AtomicU64::new(unix_ms()),
             tiers: RwLock::new(HashMap::new()),

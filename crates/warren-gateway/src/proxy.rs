@@ -23,10 +23,13 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument as _;
 use warren_core::ErrorCode;
 
 use crate::error::ApiError;
+use crate::metrics::{Direction, Protocol};
 use crate::tenant::Lease;
 use crate::upstream::Upstream;
 use crate::websocket;
@@ -114,6 +117,10 @@ pub async fn http(
     *request.uri_mut() = uri;
     *request.version_mut() = http::Version::HTTP_11;
     clean_headers(request.headers_mut(), strip);
+    let to_agent = ctx
+        .metrics
+        .proxied_bytes(Protocol::Http, Direction::ToAgent);
+    let request = request.map(|body| Body::new(Metered::new(body, to_agent, None)));
     let response = ctx.client.request(request).await.map_err(|e| {
         tracing::warn!(upstream = %upstream.authority, error = %e, "request to the sandbox failed");
         ApiError::new(ErrorCode::SandboxUnreachable, "the sandbox did not answer").retry_after(1)
@@ -126,30 +133,51 @@ pub async fn http(
             cookie_name: "",
         },
     );
-    Ok(Response::from_parts(
-        parts,
-        Body::new(LeasedBody {
-            inner: body,
+    Ok(Response::from_parts(parts, answer_body(ctx, body, lease)))
+}
+
+/// An agent's answer as the client's body: counted, and leasing the sandbox.
+fn answer_body(ctx: &Context, body: Incoming, lease: Lease) -> Body {
+    let to_client = ctx
+        .metrics
+        .proxied_bytes(Protocol::Http, Direction::ToClient);
+    Body::new(Metered::new(body, to_client, Some(lease)))
+}
+
+/// A body passed through with its bytes counted (`warren_proxied_bytes_total`); with a
+/// lease, the tenant's sandbox stays leased until the body is fully sent, so a long
+/// download keeps it awake.
+struct Metered<B> {
+    inner: B,
+    bytes: Counter,
+    _lease: Option<Lease>,
+}
+
+impl<B> Metered<B> {
+    fn new(inner: B, bytes: Counter, lease: Option<Lease>) -> Self {
+        Self {
+            inner,
+            bytes,
             _lease: lease,
-        }),
-    ))
+        }
+    }
 }
 
-/// A response body that keeps the tenant's sandbox leased until it is fully sent.
-struct LeasedBody {
-    inner: Incoming,
-    _lease: Lease,
-}
-
-impl HttpBody for LeasedBody {
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Metered<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.inc_by(data.len() as u64);
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -260,13 +288,7 @@ pub async fn websocket(
                 cookie_name: "",
             },
         );
-        return Ok(Response::from_parts(
-            parts,
-            Body::new(LeasedBody {
-                inner: body,
-                _lease: lease,
-            }),
-        ));
+        return Ok(Response::from_parts(parts, answer_body(ctx, body, lease)));
     }
     let agent_upgrade = hyper::upgrade::on(&mut answer);
     let mut response = Response::builder()
@@ -283,7 +305,7 @@ pub async fn websocket(
     let client_upgrade = websocket::on_upgrade(&mut request);
     let ctx = ctx.clone();
     ctx.relays.send_modify(|n| *n += 1);
-    tokio::spawn(async move {
+    let relaying = async move {
         // Counted until it ends, however it ends.
         struct Counted<'a>(&'a tokio::sync::watch::Sender<usize>);
         impl Drop for Counted<'_> {
@@ -307,7 +329,9 @@ pub async fn websocket(
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
         }
-    });
+    };
+    // Its lines carry the request's id and tenant.
+    tokio::spawn(relaying.instrument(tracing::Span::current()));
     Ok(response)
 }
 
@@ -332,8 +356,10 @@ where
 {
     let state = RelayState::default();
     let mut closing = ctx.closing.subscribe();
-    let mut client = Side::new(client, &state, Some(&ctx.draining), &lease);
-    let mut agent = Side::new(agent, &state, None, &lease);
+    let bytes = |direction| ctx.metrics.proxied_bytes(Protocol::WebSocket, direction);
+    let to_client = bytes(Direction::ToClient);
+    let mut client = Side::new(client, &state, Some(&ctx.draining), &lease, to_client);
+    let mut agent = Side::new(agent, &state, None, &lease, bytes(Direction::ToAgent));
     let failed = {
         let copy =
             tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, 16 * 1024, 16 * 1024);
@@ -407,6 +433,8 @@ struct Side<'a, T> {
     bits: (u8, u8),
     lease: &'a Lease,
     frames: FrameTracker,
+    /// Bytes written to this side (`warren_proxied_bytes_total`).
+    bytes: Counter,
     /// The client side only: the gateway's draining flag, and which farewell close
     /// frame (`SANDBOX_GONE` or `RESTARTING`) is being written and how much of it.
     farewell: Option<Farewell<'a>>,
@@ -425,6 +453,7 @@ impl<'a, T> Side<'a, T> {
         state: &'a RelayState,
         draining: Option<&'a AtomicBool>,
         lease: &'a Lease,
+        bytes: Counter,
     ) -> Self {
         let bits = if draining.is_some() {
             (CLOSE_TO_CLIENT, ENDED_TO_CLIENT)
@@ -437,6 +466,7 @@ impl<'a, T> Side<'a, T> {
             bits,
             lease,
             frames: FrameTracker::default(),
+            bytes,
             farewell: draining.map(|draining| Farewell {
                 draining,
                 frame: None,
@@ -465,6 +495,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Side<'_, T> {
         let this = &mut *self;
         let written = std::task::ready!(Pin::new(&mut this.io).poll_write(cx, data))?;
         this.frames.feed(&data[..written]);
+        this.bytes.inc_by(written as u64);
         this.lease.touch();
         if this.frames.saw_close {
             this.state.set(this.bits.0);

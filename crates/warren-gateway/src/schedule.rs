@@ -80,6 +80,8 @@ impl SweepWorker {
             .sync
             .sweep(edge.ctx.config.sweep.concurrency, &freeze_for, progress)
             .await;
+        let failed = result.as_ref().map(|report| report.failed);
+        edge.ctx.metrics.swept(&failed);
         self.update(|s| {
             s.runs += 1;
             s.last_run_ms = Some(unix_ms());

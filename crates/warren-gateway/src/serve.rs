@@ -131,6 +131,7 @@ impl Gateway {
                 detail: Some(detail),
             };
             ctx.state.record(&t).await?;
+            ctx.metrics.stopped(StopCause::Crash);
         }
         // Serving begins with every survivor ready: no request starts a second one.
         futures_util::future::join_all(adopting).await;

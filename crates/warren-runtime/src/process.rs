@@ -694,9 +694,10 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn fill_pool(&self) {
-        // Whatever an earlier gateway's pool left, also when this one has none.
+        // Whatever an earlier gateway's pool on this data dir left, also when this one
+        // has none.
         if let Some(hierarchy) = &self.cgroups {
-            hierarchy.remove_ended("pool-");
+            hierarchy.remove_ended(&pool::cgroup_prefix(&self.data_dir));
         }
         if let Some(pool) = &self.pool {
             pool.fill().await;

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -117,6 +117,16 @@ pub struct SweepItem {
     pub retention: Option<RetentionReport>,
 }
 
+/// Hears how syncs went (the gateway's metrics). Called on the syncing task: it must
+/// not block.
+pub trait SyncObserver: Send + Sync {
+    /// A capture of a workspace ended, whoever asked for it (the watch, a stop, a
+    /// sweep, an operator).
+    fn synced(&self, result: &Result<SyncReport, StoreError>);
+    /// A running sandbox's changes reached the store, `lag` after the first of them.
+    fn caught_up(&self, lag: Duration);
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SweepReport {
     pub tenants: usize,
@@ -141,6 +151,7 @@ pub struct SyncEngine {
     settings: SyncSettings,
     writer: String,
     tenants: Mutex<HashMap<TenantId, Arc<TenantSync>>>,
+    observer: OnceLock<Arc<dyn SyncObserver>>,
 }
 
 impl SyncEngine {
@@ -152,7 +163,13 @@ impl SyncEngine {
             settings,
             writer,
             tenants: Mutex::new(HashMap::new()),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Tells `observer` of every sync from now on. Only the first observer is kept.
+    pub fn observe(&self, observer: Arc<dyn SyncObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     pub fn store(&self) -> &Store {
@@ -226,6 +243,9 @@ impl SyncEngine {
             &self.settings,
         )
         .await;
+        if let Some(observer) = self.observer.get() {
+            observer.synced(&result);
+        }
         let now = unix_ms();
         // A successful sync compared the copy with the head, or wrote the next one.
         self.tenant(tenant).set_head(match &result {
@@ -586,6 +606,11 @@ impl SyncEngine {
                     match self.sync(&tenant, Some(&*freeze)).await {
                         Ok(_) => {
                             backoff = Duration::from_secs(1);
+                            if let (Some(first), Some(observer)) =
+                                (pending_since, self.observer.get())
+                            {
+                                observer.caught_up(first.elapsed());
+                            }
                             // Everything seen before the capture is in the store now.
                             // Changes queued meanwhile count from the capture's start,
                             // and their events (still queued) set the next timer.

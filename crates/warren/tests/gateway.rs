@@ -10,6 +10,8 @@ mod egress;
 mod harness;
 #[path = "gateway/limits.rs"]
 mod limits;
+#[path = "gateway/metrics.rs"]
+mod metrics;
 #[path = "gateway/openclaw.rs"]
 mod openclaw;
 #[path = "gateway/tiers.rs"]

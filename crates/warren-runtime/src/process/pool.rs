@@ -92,7 +92,12 @@ impl Pool {
                 data_dir: data_dir.to_owned(),
                 ready: Mutex::new(Vec::new()),
                 // The pid alone may come back (a gateway that is PID 1 in a container).
-                prefix: format!("pool-{}-{}-", std::process::id(), started_ms()),
+                prefix: format!(
+                    "{}{}-{}-",
+                    cgroup_prefix(data_dir),
+                    std::process::id(),
+                    started_ms()
+                ),
                 next: AtomicU64::new(0),
                 filling: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
@@ -285,10 +290,19 @@ impl Inner {
         let cgroup = Cgroup::create(&self.hierarchy, &name, &self.config.limits)
             .map_err(RuntimeError::Cgroup)?;
         let launched = ProcessRuntime::launch(&self.isolation, launch, Some(cgroup)).await?;
-        Ok(Entry {
-            socket: ours,
-            launched,
-        })
+        // Ready once the stub says it waits: before that, bubblewrap may still be
+        // building the sandbox's mount tree, where a claim could not attach a workspace.
+        let waiting = tokio::task::spawn_blocking(move || {
+            let said = wait_for_stub(&ours);
+            (ours, said)
+        });
+        let (socket, said) = waiting.await.map_err(|e| spawn(std::io::Error::other(e)))?;
+        let entry = Entry { socket, launched };
+        if let Err(e) = said {
+            entry.discard().await;
+            return Err(spawn(e));
+        }
+        Ok(entry)
     }
 }
 
@@ -299,6 +313,20 @@ impl Entry {
         abandon(self.launched.pid, self.launched.cgroup.as_ref()).await;
         let _ = self.launched.child.wait().await;
     }
+}
+
+/// The start of the names of every pool cgroup of gateways on `data_dir`, and of no
+/// other data dir's (FNV-1a of its path): a gateway cleaning up after its predecessors
+/// must not take the cgroups another gateway on this host just made.
+pub(crate) fn cgroup_prefix(data_dir: &Path) -> String {
+    let tag = data_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("pool-{tag:016x}-")
 }
 
 /// Now, in ms since the Unix epoch.
@@ -423,11 +451,33 @@ pub fn await_claim() -> std::io::Error {
     }
 }
 
+/// What the stub sends once it waits for a claim.
+const WAITING: &[u8] = b"waiting";
+
+/// How long a new pooled sandbox may take to say it waits.
+const STUB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Blocks until the stub at the other end of `socket` says it waits.
+fn wait_for_stub(socket: &OwnedFd) -> std::io::Result<()> {
+    use rustix::net::sockopt::{Timeout, set_socket_timeout};
+    set_socket_timeout(socket, Timeout::Recv, Some(STUB_TIMEOUT))?;
+    let mut said = [0u8; 16];
+    let (n, _) = rustix::net::recv(socket, &mut said[..], RecvFlags::empty())?;
+    set_socket_timeout(socket, Timeout::Recv, None)?;
+    if &said[..n] != WAITING {
+        return Err(std::io::Error::other(
+            "the pooled sandbox ended before it waited for a claim",
+        ));
+    }
+    Ok(())
+}
+
 fn receive_claim() -> std::io::Result<Option<(Claim, Option<OwnedFd>)>> {
+    let stdin = std::io::stdin();
+    rustix::net::send(stdin.as_fd(), WAITING, SendFlags::empty())?;
     let mut buf = vec![0u8; MAX_CLAIM];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-    let stdin = std::io::stdin();
     let received = rustix::net::recvmsg(
         stdin.as_fd(),
         &mut [IoSliceMut::new(&mut buf)],
