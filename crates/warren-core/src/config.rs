@@ -78,6 +78,8 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// What running sandboxes and stored workspaces cost, for `warren audit`.
+    pub prices: PricesConfig,
     /// Named sets of sandbox settings that tenants refer to by `tier`.
     pub tiers: BTreeMap<String, TierConfig>,
     /// One tenant's own settings, which win over its tier's.
@@ -113,6 +115,7 @@ impl Default for Config {
             cleanup: CleanupConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            prices: PricesConfig::default(),
             tiers: BTreeMap::new(),
             tenants: BTreeMap::new(),
         }
@@ -698,6 +701,40 @@ impl Default for LogConfig {
     }
 }
 
+/// `[prices]`: US dollars, by default the original platform's published prices.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricesConfig {
+    /// Per vCPU-second of a running sandbox.
+    pub vcpu_second: f64,
+    /// Per GiB-second of a running sandbox's memory.
+    pub memory_gib_second: f64,
+    /// Per GB-second of a running sandbox's disk.
+    pub disk_gb_second: f64,
+    /// Per GB-month of the store.
+    pub storage_gb_month: f64,
+}
+
+impl Default for PricesConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_second: 0.000_02,
+            memory_gib_second: 0.000_002_5,
+            disk_gb_second: 0.000_000_07,
+            storage_gb_month: 0.015,
+        }
+    }
+}
+
+impl PricesConfig {
+    /// What one second of a running sandbox of `size` costs.
+    pub fn per_second(&self, size: &InstanceSize) -> f64 {
+        size.vcpu * self.vcpu_second
+            + size.memory_mib as f64 / 1024.0 * self.memory_gib_second
+            + size.disk_gb as f64 * self.disk_gb_second
+    }
+}
+
 /// A sandbox size: what an instance type names.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1010,6 +1047,11 @@ impl Config {
             || self.sweep.concurrency == 0
         {
             return invalid("sync.safety_interval, sync.upload_concurrency and sweep.concurrency must be more than 0".into());
+        }
+        let p = &self.prices;
+        let prices = [p.vcpu_second, p.memory_gib_second, p.disk_gb_second, p.storage_gb_month];
+        if prices.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return invalid("prices: every price must be a number, 0 or more".into());
         }
         if self
             .admin

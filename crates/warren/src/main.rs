@@ -51,6 +51,8 @@ enum Command {
     Workers(commands::workers::Args),
     /// Report (or with --apply remove) inactive tenants' workspaces and snapshots.
     Cleanup(commands::cleanup::Args),
+    /// A scalability audit of the running deployment: capacity, findings, costs.
+    Audit(commands::audit::Args),
     /// Copy the state store (tier assignments, records, events) while the gateway runs.
     BackupState(commands::backup_state::Args),
     /// Bring a machine back from the store: every tenant's newest snapshot, and the state
@@ -80,6 +82,7 @@ fn main() -> std::process::ExitCode {
         Command::Restart(args) => commands::restart::run(args),
         Command::Workers(args) => commands::workers::run(args),
         Command::Cleanup(args) => commands::cleanup::run(args),
+        Command::Audit(args) => commands::audit::run(args),
         Command::BackupState(args) => commands::backup_state::run(args),
         Command::Recover(args) => commands::recover::run(args),
         Command::SandboxWait => Err(anyhow::Error::new(

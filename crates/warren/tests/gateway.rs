@@ -1,6 +1,8 @@
 //! Black-box tests of the gateway: the real binary, real sandboxes (echo agents), real
 //! sockets on 127.0.0.1.
 
+#[path = "gateway/audit.rs"]
+mod audit;
 #[path = "gateway/cleanup.rs"]
 mod cleanup;
 #[path = "gateway/cold_starts.rs"]

@@ -1,3 +1,4 @@
+pub mod audit;
 pub mod backup_state;
 pub mod chat;
 pub mod cleanup;
