@@ -165,12 +165,16 @@ fn admit(
 ) -> Result<Option<WebSocketSlot>, ApiError> {
     let profile = edge.ctx.profile(&caller.tenant);
     let (rate, max_websockets) = (profile.rate_limit, profile.max_websockets);
-    edge.limits.request(&caller.tenant, rate)?;
+    let metrics = &edge.ctx.metrics;
+    edge.limits
+        .request(&caller.tenant, rate)
+        .inspect_err(|_| metrics.rate_limited("requests"))?;
     if !websocket::is_upgrade(request.headers()) {
         return Ok(None);
     }
     edge.limits
         .websocket(&caller.tenant, max_websockets)
+        .inspect_err(|_| metrics.rate_limited("websockets"))
         .map(Some)
 }
 

@@ -58,6 +58,7 @@ async fn a_burst_past_the_rate_gets_429_and_another_user_or_a_higher_tier_passes
         let reply = gw.get_as("vip", "/api/status").await;
         assert_eq!(reply.status, 200, "the pro tier's limit: {}", reply.body);
     }
+    assert_eq!(rate_limited(&gw, "requests").await, 2.0);
     for _ in 0..10 {
         assert_eq!(gw.get("/healthz").await.status, 200);
         assert_eq!(
@@ -68,6 +69,16 @@ async fn a_burst_past_the_rate_gets_429_and_another_user_or_a_higher_tier_passes
     // Told when, it passes then.
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
     assert_eq!(gw.get_as("user_a", "/api/status").await.status, 200);
+}
+
+/// `warren_rate_limited_total` of `limit` on `/metrics`.
+async fn rate_limited(gw: &Gateway, limit: &str) -> f64 {
+    let metrics = gw.admin(Method::GET, "/metrics", "").await.body;
+    let name = format!("warren_rate_limited_total{{limit=\"{limit}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&name)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}in\n{metrics}"))
 }
 
 /// An upgrade of `user`'s `/ws`: `Ok` once open, or the refusal's status and body.
@@ -101,6 +112,7 @@ async fn the_websocket_cap_refuses_one_more_and_admits_again_once_one_closes() {
     };
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(body.contains("\"rate_limited\""), "{body}");
+    assert_eq!(rate_limited(&gw, "websockets").await, 1.0);
     // Another user has a cap of its own.
     let mut other = gw.ws("user_b").await;
     assert_eq!(echo(&mut other, "mine").await, "mine");
