@@ -256,7 +256,8 @@ impl Gateway {
     }
 
     /// As `start_with_env`, with sandboxes that sleep once idle for `sleep_after` (as the
-    /// config writes it, such as `"15s"`).
+    /// config writes it, such as `"15s"`). Without per-user rate limits: a benchmark
+    /// drives one user far beyond what a person sends.
     pub async fn start_sleeping_after(
         warren: &Path,
         dir: &Path,
@@ -272,6 +273,8 @@ impl Gateway {
             format!(
                 "max_instances = {max_instances}\n\
                  sleep_after = \"{sleep_after}\"\n\
+                 rate_limit = {{ requests_per_second = 0 }}\n\
+                 max_websockets = 0\n\
                  {settings}\n\
                  [auth]\nsigning_secret = \"{SIGNING_SECRET}\"\n\
                  [admission]\nqueue_timeout = \"30s\"\n\
