@@ -1049,7 +1049,12 @@ impl Config {
             return invalid("sync.safety_interval, sync.upload_concurrency and sweep.concurrency must be more than 0".into());
         }
         let p = &self.prices;
-        let prices = [p.vcpu_second, p.memory_gib_second, p.disk_gb_second, p.storage_gb_month];
+        let prices = [
+            p.vcpu_second,
+            p.memory_gib_second,
+            p.disk_gb_second,
+            p.storage_gb_month,
+        ];
         if prices.iter().any(|v| !v.is_finite() || *v < 0.0) {
             return invalid("prices: every price must be a number, 0 or more".into());
         }

@@ -171,7 +171,11 @@ async fn starts_claim_pooled_sandboxes_the_pool_refills_and_leaves_nothing_behin
         "from a pooled sandbox"
     );
     let a = cgroup_of(gw.agent_pid("user_a").await);
-    assert!(a.starts_with("pool-"), "{a}: not a pooled sandbox\n{}", gw.log());
+    assert!(
+        a.starts_with("pool-"),
+        "{a}: not a pooled sandbox\n{}",
+        gw.log()
+    );
     let history = gw.data_dir().join("tenants/user_a/workspace/history.jsonl");
     let written = std::fs::read_to_string(&history).unwrap();
     assert!(written.contains("from a pooled sandbox"), "{written}");
@@ -180,7 +184,11 @@ async fn starts_claim_pooled_sandboxes_the_pool_refills_and_leaves_nothing_behin
     // b's instance type is not the pool's: the claimed sandbox gets b's limits.
     assert_eq!(gw.get_as("user_b", "/api/history").await.status, 200);
     let b = cgroup_of(gw.agent_pid("user_b").await);
-    assert!(b.starts_with("pool-"), "{b}: not a pooled sandbox\n{}", gw.log());
+    assert!(
+        b.starts_with("pool-"),
+        "{b}: not a pooled sandbox\n{}",
+        gw.log()
+    );
     assert_eq!(memory_limit(&b), 256 << 20, "lite's 256 MiB");
     // c may reach the outside world: a sandbox of its own, made for it.
     assert_eq!(gw.get_as("user_c", "/api/history").await.status, 200);
