@@ -181,6 +181,8 @@ async fn logout(State(edge): State<Arc<Edge>>) -> Response {
 
 // === impl pages ===
 
+/// An HTML page's answer. Its referrer policy is `same-origin`: under `no-referrer`
+/// a browser sends `Origin: null` with the page's forms, which `same_origin` refuses.
 fn html(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
@@ -189,7 +191,7 @@ fn html(status: StatusCode, body: String) -> Response {
         (header::CACHE_CONTROL, "no-store"),
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }

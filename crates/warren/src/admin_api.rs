@@ -212,7 +212,8 @@ pub fn human_ms(ms: f64) -> String {
     match ms {
         ms if ms < 1000.0 => format!("{ms:.0} ms"),
         ms if ms < 60_000.0 => format!("{:.1} s", ms / 1000.0),
-        ms => format!("{:.1} min", ms / 60_000.0),
+        ms if ms < 3_600_000.0 => format!("{:.1} min", ms / 60_000.0),
+        ms => format!("{:.1} h", ms / 3_600_000.0),
     }
 }
 

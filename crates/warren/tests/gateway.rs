@@ -7,6 +7,8 @@ mod audit;
 mod cleanup;
 #[path = "gateway/cold_starts.rs"]
 mod cold_starts;
+#[path = "gateway/dashboard.rs"]
+mod dashboard;
 #[path = "gateway/egress.rs"]
 mod egress;
 mod harness;

@@ -203,11 +203,17 @@ pub fn sandboxes(views: &[TenantView], cap: &Capacity, now_ms: u64) -> String {
     }
     for v in views {
         let s = &v.status;
-        let state = match &s.phase {
-            Some(phase) => format!(
+        // Beside the state: a start's phase, or why an asleep one last stopped.
+        let aside = match (&s.phase, &s.last_stop) {
+            (Some(phase), _) => Some(phase.name),
+            (None, Some(stop)) if s.state == SandboxState::Asleep => Some(stop.cause.as_str()),
+            _ => None,
+        };
+        let state = match aside {
+            Some(aside) => format!(
                 "{} <span class=\"muted\">{}</span>",
                 state_badge(s.state.as_str()),
-                esc(phase.name)
+                esc(aside)
             ),
             None => state_badge(s.state.as_str()),
         };
@@ -466,8 +472,7 @@ pub fn workers(workers: &[WorkerStatus], now_ms: u64) -> String {
     );
     for w in workers {
         let next = w.next_run_ms.map_or_else(dash, |at| {
-            let secs = at.saturating_sub(now_ms) / 1000;
-            format!("in {secs} s")
+            format!("in {}", ms_text(at.saturating_sub(now_ms) as f64))
         });
         let _ = write!(
             out,
