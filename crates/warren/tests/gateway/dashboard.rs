@@ -433,6 +433,8 @@ impl Browser {
                 "--disable-extensions",
                 "--disable-breakpad",
                 "--disable-crash-reporter",
+                // A container's /dev/shm may be too small for its renderers.
+                "--disable-dev-shm-usage",
                 "--window-size=1280,900",
                 "--remote-debugging-port=0",
             ])
@@ -708,6 +710,7 @@ async fn the_dashboard_shows_the_tenants_live_in_a_real_browser() {
         Ok(json!("user_a,user_b")),
         "the running ones' sync lag"
     );
+    keep_screenshot(&browser.screenshot().await, "dashboard-capacity.png");
 
     browser.click("#tab-starts").await;
     browser
@@ -776,6 +779,7 @@ async fn the_dashboard_shows_the_tenants_live_in_a_real_browser() {
     browser
         .wait_for("document.querySelector('#tenant[data-tenant=\"user_a\"]') && document.querySelector('#facts')")
         .await;
+    keep_screenshot(&browser.screenshot().await, "dashboard-tenant.png");
     browser.click("#stop").await;
     browser
         .wait_for(
