@@ -145,12 +145,36 @@ fn json_escaped(text: &str) -> String {
     quoted[1..quoted.len() - 1].to_owned()
 }
 
-/// Writes `path` whole or not at all: a new file renamed over the old.
+/// Writes `path` (in a directory of the tenant's workspace) whole or not at all: a new
+/// file renamed over the old. The workspace is the tenant's: its agent may have put a
+/// symlink where the directory, the new file or the old one goes, to make the gateway
+/// write elsewhere on the host. None is followed: a symlink (or file) in the
+/// directory's place is removed and a directory made, the new file is created
+/// exclusively (which never follows one), and a rename replaces a link itself, never
+/// its target. No process of the tenant runs meanwhile (this is before its start).
 fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
     let dir = path.parent().expect("a file in a directory");
-    std::fs::create_dir_all(dir)?;
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            std::fs::remove_file(dir)?;
+            std::fs::create_dir(dir)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(dir)?,
+        Err(e) => return Err(e),
+    }
     let temp = dir.join(".openclaw.json.warren");
-    std::fs::write(&temp, bytes)?;
+    match std::fs::remove_file(&temp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    drop(file);
     std::fs::rename(&temp, path)
 }
 
@@ -224,5 +248,32 @@ mod tests {
             config["gateway"]["controlUi"]["root"],
             "/opt/warren/openclaw/node_modules/openclaw/dist/control-ui"
         );
+    }
+
+    #[test]
+    fn writing_the_config_follows_no_symlink_the_tenant_planted() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("signing-secret");
+        std::fs::write(&outside, "secret").unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let workspace = root.path().join("workspace");
+        let config = workspace.join(OPENCLAW_CONFIG);
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        // The new file's name, and the config's own, pointing out of the workspace.
+        let dir = config.parent().unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join(".openclaw.json.warren")).unwrap();
+        std::os::unix::fs::symlink(&outside, &config).unwrap();
+        write_replacing(&config, b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret");
+        assert!(!std::fs::symlink_metadata(&config).unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), "{}");
+        // The directory itself, pointing elsewhere.
+        std::fs::remove_dir_all(dir).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir).unwrap();
+        write_replacing(&config, b"{}").unwrap();
+        assert!(std::fs::symlink_metadata(dir).unwrap().is_dir());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), "{}");
     }
 }
