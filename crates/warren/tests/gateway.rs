@@ -773,7 +773,11 @@ async fn get_on_new_connection(addr: std::net::SocketAddr, path: &str) -> Result
 async fn an_upgrade_by_socket_handover_fails_no_request_loses_no_message_restarts_no_sandbox() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let mut gw = Gateway::start("drain_timeout = \"2s\"");
+    // The load below is one user as fast as the machine goes, far past a person's rate:
+    // no per-user limit, so every refusal would be the upgrade's.
+    let mut gw = Gateway::start(
+        "drain_timeout = \"2s\"\nrate_limit = { requests_per_second = 0 }",
+    );
     let mut ws = gw.ws("user_a").await;
     assert_eq!(echo(&mut ws, "before").await, "before");
     let pid = gw.agent_pid("user_a").await;
