@@ -83,6 +83,16 @@ impl Route {
         if !path_and_query.starts_with('/') {
             return None;
         }
+        // A dot segment, raw or encoded, would climb out of the prefix at an upstream
+        // that normalizes paths.
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        let climbs = path.split('/').any(|segment| {
+            let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+            segment == "." || segment == ".."
+        });
+        if climbs {
+            return None;
+        }
         let uri: Uri = format!("{}{}{}", self.origin, self.prefix, path_and_query)
             .parse()
             .ok()?;
@@ -101,11 +111,14 @@ pub struct Egress {
 
 impl Egress {
     pub fn new() -> std::io::Result<Self> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(https),
         })
@@ -133,7 +146,11 @@ impl Egress {
                         a = listener.accept() => a,
                         _ = exited.wait_for(Option::is_some) => return,
                     };
-                    let Ok((stream, _)) = accepted else { continue };
+                    let Ok((stream, _)) = accepted else {
+                        // Out of descriptors, say: not a reason to spin.
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    };
                     let route = route.clone();
                     let client = client.clone();
                     let tenant = tenant.clone();
@@ -146,16 +163,30 @@ impl Egress {
                             )
                         }
                     });
-                    tokio::spawn(
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service),
-                    );
+                    // Each connection, and the upstream request it waits on, ends
+                    // with the sandbox.
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    let mut exited = exited.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = connection => {}
+                            _ = exited.wait_for(Option::is_some) => {}
+                        }
+                    });
                 }
             });
         }
         Ok(())
     }
 }
+
+/// How long a connection to an upstream may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an upstream may take to start its answer (a model's first token).
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Hop-by-hop headers, which concern one connection and are not passed on.
 const HOP_BY_HOP: [&str; 8] = [
@@ -186,7 +217,20 @@ async fn forward(
                 .into_response();
         }
     };
-    for name in HOP_BY_HOP {
+    // Names listed in `Connection` are hop-by-hop too.
+    let listed: Vec<String> = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(String::as_str))
+    {
         parts.headers.remove(name);
     }
     parts.headers.remove(header::HOST);
@@ -197,16 +241,24 @@ async fn forward(
         parts.headers.insert(header::AUTHORIZATION, value);
     }
     tracing::debug!(%tenant, egress = %route.name, method = %parts.method, path = parts.uri.path(), "egress");
-    match client.request(Request::from_parts(parts, body)).await {
-        Ok(response) => {
+    let answer = tokio::time::timeout(
+        RESPONSE_TIMEOUT,
+        client.request(Request::from_parts(parts, body)),
+    );
+    match answer.await {
+        Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             for name in HOP_BY_HOP {
                 parts.headers.remove(name);
             }
             Response::from_parts(parts, Body::new(body))
         }
-        Err(e) => {
-            tracing::warn!(%tenant, egress = %route.name, error = %e, "egress upstream unreachable");
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {RESPONSE_TIMEOUT:?}"),
+            };
+            tracing::warn!(%tenant, egress = %route.name, %error, "egress upstream unreachable");
             let message = format!("egress {} could not reach its upstream", route.name);
             ApiError::new(ErrorCode::EgressUnreachable, message).into_response()
         }
@@ -238,7 +290,14 @@ mod tests {
             uri("//evil.example/x").as_deref(),
             Some("https://api.example.com/v1//evil.example/x")
         );
-        for bad in ["*", "@evil.example/", ""] {
+        for bad in [
+            "*",
+            "@evil.example/",
+            "",
+            "/../admin",
+            "/a/%2E%2e/b",
+            "/./x?q=1",
+        ] {
             assert_eq!(uri(bad), None, "{bad}");
         }
         assert_eq!(
