@@ -272,6 +272,11 @@ async fn a_whole_machine_comes_back_from_the_store_and_a_state_backup() {
                 .is_dir()
         );
     }
+    // The backup saw them running, on the lost machine: none is taken for running here.
+    let state = warren_state::SqliteStore::open(&dir.path().join("data/state.db")).unwrap();
+    use warren_state::StateStore as _;
+    assert!(state.live_sandboxes().await.unwrap().is_empty());
+    drop(state);
     let fresh = Gateway::start_in(dir, &[]);
     for user in users {
         assert_eq!(fresh.history(user).await, [format!("{user} was here")]);

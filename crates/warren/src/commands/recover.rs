@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use warren_core::sandbox::{SandboxState, StopCause};
 use warren_gateway::serve::lock_data_dir;
-use warren_state::{SqliteStore, StateStore};
+use warren_state::{SqliteStore, StateStore, Transition};
 use warren_store::engine::Prepared;
 
 use crate::admin_api::block_on;
@@ -83,12 +84,29 @@ async fn install_state(backup: &Path, dest: &Path) -> anyhow::Result<()> {
             );
         }
     }
-    let staged = dest.with_extension("db.recovering");
+    // SQLite's own names for the files beside a database, whatever its name.
+    let beside = |suffix: &str| PathBuf::from(format!("{}{suffix}", dest.display()));
+    let staged = beside(".recovering");
     std::fs::copy(backup, &staged)
         .with_context(|| format!("cannot copy {} to {}", backup.display(), staged.display()))?;
-    for stale in ["db-wal", "db-shm"] {
-        let _ = std::fs::remove_file(dest.with_extension(stale));
+    for stale in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(beside(stale));
     }
     std::fs::rename(&staged, dest)?;
+    // The sandboxes the backup saw running ran on the lost machine: none is to be
+    // taken back here (a pid on this machine is another process).
+    let state = SqliteStore::open(dest)?;
+    for row in state.live_sandboxes().await? {
+        state
+            .record(&Transition {
+                tenant: row.tenant,
+                state: SandboxState::Asleep,
+                at_ms: warren_gateway::unix_ms(),
+                cause: Some(StopCause::Crash),
+                identity: None,
+                detail: Some("it ran on a machine recovered from the store".into()),
+            })
+            .await?;
+    }
     Ok(())
 }
