@@ -672,6 +672,11 @@ pub struct AdminConfig {
     /// The bearer token of `/admin/api`. `WARREN_ADMIN_TOKEN` overrides it; when both
     /// are absent, one is generated once into `<data_dir>/admin-token`.
     pub token: Option<Secret>,
+    /// The host (as browsers send it in `Host`, with its port if not the scheme's) the
+    /// dashboard is served on, and nothing else: its session is accepted there only,
+    /// and no agent's content is ever served there. Unset: the dashboard shares the
+    /// users' origin (a page an agent serves could use an operator's session).
+    pub host: Option<String>,
 }
 
 /// The environment variable that overrides `admin.token`.

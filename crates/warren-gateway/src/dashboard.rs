@@ -80,7 +80,7 @@ fn session_mac(token: &str, exp: u64) -> String {
 /// Whether the request carries an unexpired session cookie of this admin token, and
 /// does not say it comes from another origin.
 pub(crate) fn session_valid(edge: &Edge, headers: &HeaderMap) -> bool {
-    if !same_origin(edge, headers) {
+    if !same_origin(edge, headers) || !dashboard_here(edge, headers) {
         return false;
     }
     let now = unix_ms() / 1000;
@@ -117,6 +117,25 @@ fn same_origin(edge: &Edge, headers: &HeaderMap) -> bool {
         || origin == edge.ctx.config.public_url().trim_end_matches('/')
 }
 
+/// False when `admin.host` is set and the request came for another host: the
+/// dashboard, its login and its session live on that host alone.
+fn dashboard_here(edge: &Edge, headers: &HeaderMap) -> bool {
+    crate::edge::on_admin_host(&edge.ctx, headers) != Some(false)
+}
+
+/// The answer to a dashboard page asked for on a host other than `admin.host`.
+fn elsewhere(edge: &Edge) -> Response {
+    let host = edge.ctx.config.admin.host.as_deref().unwrap_or_default();
+    let message = format!(
+        "<p class=\"bad\" id=\"login-error\">The dashboard is served on {} only.</p>",
+        esc(host)
+    );
+    html(
+        StatusCode::NOT_FOUND,
+        LOGIN.replace("{{message}}", &message),
+    )
+}
+
 fn secure_flag(edge: &Edge) -> &'static str {
     if edge.ctx.config.public_url().starts_with("https://") {
         "; Secure"
@@ -149,6 +168,9 @@ fn form_value(body: &[u8], key: &str) -> Option<String> {
 }
 
 async fn login(State(edge): State<Arc<Edge>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !dashboard_here(&edge, &headers) {
+        return elsewhere(&edge);
+    }
     let given = form_value(&body, "token").unwrap_or_default();
     let token = edge.ctx.admin_token.expose();
     if !same_origin(&edge, &headers) || !constant_time_eq(given.trim().as_bytes(), token.as_bytes())
@@ -258,6 +280,9 @@ async fn page(
     headers: HeaderMap,
     Query(q): Query<PageQuery>,
 ) -> Response {
+    if !dashboard_here(&edge, &headers) {
+        return elsewhere(&edge);
+    }
     if let Err(e) = authorize(&edge, &headers) {
         if q.fragment.is_some() {
             return e.into_response();

@@ -83,6 +83,16 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .with_state(edge)
 }
 
+/// With `admin.host` set, whether the request came for that host (`None`: unset).
+pub(crate) fn on_admin_host(ctx: &Context, headers: &http::HeaderMap) -> Option<bool> {
+    let admin = ctx.config.admin.host.as_deref()?;
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    Some(host.eq_ignore_ascii_case(admin))
+}
+
 /// `/admin/...` is the gateway's, never a sandbox's, even where no route matches.
 async fn admin_not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such admin route")
@@ -278,6 +288,12 @@ async fn proxied(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Respo
     let method = request.method().clone();
     // Only the path is logged: the query may hold a signature.
     let path = request.uri().path().to_owned();
+    // The dashboard's host serves no agent's content: a page there could use an
+    // operator's session.
+    if on_admin_host(&edge.ctx, request.headers()) == Some(true) {
+        let message = "only the admin dashboard is served on this host";
+        return ApiError::new(ErrorCode::NotFound, message).into_response();
+    }
     let caller = match authenticate(&edge.ctx, &request) {
         Ok(c) => c,
         Err(e) => {

@@ -801,3 +801,84 @@ async fn the_dashboard_shows_the_tenants_live_in_a_real_browser() {
         .await;
     assert_eq!(status, Ok(json!(401)));
 }
+
+#[tokio::test]
+async fn with_admin_host_the_dashboard_lives_on_its_own_host_and_no_agent_is_served_there() {
+    let gw = Gateway::start("[admin]\nhost = \"admin.test\"");
+    let token = std::fs::read_to_string(gw.data_dir().join("admin-token")).unwrap();
+    let on = |host: &str, method: Method, path: &str, cookie: Option<&str>, body: String| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(gw.url(path))
+            .header(header::HOST, host)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        request.body(Full::new(body.into())).unwrap()
+    };
+    let users_host = gw
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let form = format!("token={}", token.trim());
+
+    // No login, no page on the users' host.
+    let refused = gw
+        .request(on(
+            &users_host,
+            Method::POST,
+            "/admin/login",
+            None,
+            form.clone(),
+        ))
+        .await;
+    assert_eq!(refused.status, 404, "{}", refused.body);
+    assert!(
+        refused.body.contains("served on admin.test only"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.get(header::SET_COOKIE).is_none());
+    assert_eq!(
+        gw.request(on(&users_host, Method::GET, "/admin/", None, String::new()))
+            .await
+            .status,
+        404
+    );
+
+    // On its own host: a login, and its session works there and nowhere else.
+    let login = gw
+        .request(on("admin.test", Method::POST, "/admin/login", None, form))
+        .await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    let cookie = login.headers[header::SET_COOKIE].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let list = |host: &str| {
+        on(
+            host,
+            Method::GET,
+            "/admin/api/tenants",
+            Some(&cookie),
+            String::new(),
+        )
+    };
+    assert_eq!(gw.request(list("admin.test")).await.status, 200);
+    assert_eq!(gw.request(list(&users_host)).await.status, 401);
+
+    // No agent's content on the dashboard's host, even with a user's credentials.
+    let path = format!("/api/history?{}", gw.query("user_a"));
+    let agent = gw
+        .request(on("admin.test", Method::GET, &path, None, String::new()))
+        .await;
+    assert_eq!(agent.status, 404, "{}", agent.body);
+    assert_eq!(agent.code(), "not_found");
+    assert_eq!(
+        gw.status("user_a").await["state"],
+        "asleep",
+        "nothing started"
+    );
+    // The users' host serves them as ever.
+    assert_eq!(gw.get_as("user_a", "/api/history").await.status, 200);
+}
