@@ -435,10 +435,7 @@ impl SyncEngine {
         let t = self.tenant(tenant);
         let _guard = t.lock.lock().await;
         let synced = self.sync_locked(tenant, None).await?;
-        let workspace = self.layout.workspace(tenant);
-        if workspace.exists() {
-            std::fs::remove_dir_all(&workspace)?;
-        }
+        remove_tree(self.layout.workspace(tenant)).await?;
         for file in [
             self.layout.sync_state(tenant),
             self.layout.agent_log(tenant),
@@ -473,10 +470,7 @@ impl SyncEngine {
             self.store.delete_chunk(tenant, &id).await?;
             forgotten.chunks += 1;
         }
-        let dir = self.layout.tenant_dir(tenant);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
+        remove_tree(self.layout.tenant_dir(tenant)).await?;
         *t.status.lock().unwrap_or_else(|e| e.into_inner()) = SyncStatus::default();
         tracing::info!(%tenant, snapshots = forgotten.snapshots, chunks = forgotten.chunks, "deleted from the store");
         Ok(forgotten)
@@ -665,4 +659,15 @@ impl Drop for Watch {
             let _ = stop.send(());
         }
     }
+}
+
+/// Removes `dir` and everything below it, if it is there, off the async threads (a
+/// workspace may hold many files).
+async fn remove_tree(dir: std::path::PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }

@@ -775,9 +775,7 @@ async fn an_upgrade_by_socket_handover_fails_no_request_loses_no_message_restart
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     // The load below is one user as fast as the machine goes, far past a person's rate:
     // no per-user limit, so every refusal would be the upgrade's.
-    let mut gw = Gateway::start(
-        "drain_timeout = \"2s\"\nrate_limit = { requests_per_second = 0 }",
-    );
+    let mut gw = Gateway::start("drain_timeout = \"2s\"\nrate_limit = { requests_per_second = 0 }");
     let mut ws = gw.ws("user_a").await;
     assert_eq!(echo(&mut ws, "before").await, "before");
     let pid = gw.agent_pid("user_a").await;
