@@ -258,6 +258,12 @@ impl SyncEngine {
                 s.last_sync_ms = Some(now);
                 s.failing_since_ms = None;
                 s.last_error = None;
+                // Without a freeze no agent runs, so nothing changes the workspace
+                // (the final sync of a stop, a sweep of a sleeping tenant): what it
+                // captured is all there was. A watch's syncs settle their own.
+                if freeze.is_none() {
+                    s.pending_since_ms = None;
+                }
             }
             Err(e) => {
                 s.failing_since_ms.get_or_insert(now);

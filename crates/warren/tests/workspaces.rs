@@ -288,3 +288,26 @@ async fn a_whole_machine_comes_back_from_the_store_and_a_state_backup() {
     assert_ne!(code, 0);
     assert!(err.contains("a gateway runs on this data dir"), "{err}");
 }
+
+#[tokio::test]
+async fn a_sleep_before_the_watch_synced_leaves_nothing_pending() {
+    let store = tempfile::tempdir().unwrap();
+    // The watch waits 30 s; the sandbox sleeps after 1 s: the stop's sync takes it.
+    let gw = Gateway::start(&store_config(
+        store.path(),
+        "sleep_after = \"1s\"\n[sync]\ndebounce = \"30s\"\nmax_delay = \"30s\"",
+    ));
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "late").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.status("user_a").await["sync"]["pending_since_ms"].is_null() {
+        assert!(Instant::now() < deadline, "the change was never seen");
+        tokio::time::sleep(POLL).await;
+    }
+    drop(ws);
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(20))
+        .await;
+    let status = gw.status("user_a").await;
+    assert!(status["sync"]["pending_since_ms"].is_null(), "{status}");
+    assert!(status["sync"]["seq"].as_u64().is_some(), "{status}");
+}
