@@ -190,7 +190,7 @@ enum Command {
     /// last time and let go of it, and the actor ends; one still starting is stopped.
     Leave(oneshot::Sender<()>),
     Exited(u64, Exit),
-    Stopped(u64, String),
+    Stopped(u64, String, u64),
     Released,
     /// The tenant's settings changed (its tier): look at idleness again.
     Reconsider,
@@ -500,17 +500,21 @@ impl Tenants {
 
     /// The status of a tenant that has no actor here, from its state store row.
     pub fn status_of_record(&self, tenant: &TenantId, record: Option<&SandboxRecord>) -> Status {
-        let mut status = Status::asleep(&self.ctx, tenant, 0);
-        // Without an actor no sandbox of this gateway runs: asleep, since its last
-        // transition.
-        if let Some(r) = record {
-            status.since_ms = r.since_ms;
-            status.last_stop = r.last_stop.map(|(cause, at_ms)| LastStop {
-                cause,
-                at_ms,
-                detail: r.detail.clone(),
-            });
+        match record {
+            Some(r) => Self::record_status(&self.ctx, tenant, r),
+            None => Status::asleep(&self.ctx, tenant, 0),
         }
+    }
+
+    /// Asleep since the row's last transition, with its last stop: no sandbox of this
+    /// gateway runs for a tenant known only by its row.
+    fn record_status(ctx: &Context, tenant: &TenantId, r: &SandboxRecord) -> Status {
+        let mut status = Status::asleep(ctx, tenant, r.since_ms);
+        status.last_stop = r.last_stop.map(|(cause, at_ms)| LastStop {
+            cause,
+            at_ms,
+            detail: r.detail.clone(),
+        });
         status
     }
 
@@ -645,6 +649,17 @@ impl Actor {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        // A new actor's tenant is asleep since its record says, with its last stop.
+        if let Ok(Some(record)) = self.ctx.state.sandbox(self.handle.tenant()).await
+            && record.state == SandboxState::Asleep
+        {
+            self.handle.shared.status.send_modify(|status| {
+                if status.state == SandboxState::Asleep && status.last_stop.is_none() {
+                    let known = Tenants::record_status(&self.ctx, self.handle.tenant(), &record);
+                    (status.since_ms, status.last_stop) = (known.since_ms, known.last_stop);
+                }
+            });
+        }
         loop {
             let idle_check = self.idle_deadline();
             let command = tokio::select! {
@@ -721,7 +736,9 @@ impl Actor {
                 },
                 Command::Reconsider => self.recheck_at = None,
                 Command::Exited(generation, exit) => self.exited(generation, exit).await,
-                Command::Stopped(generation, detail) => self.stopped(generation, detail).await,
+                Command::Stopped(generation, detail, at_ms) => {
+                    self.stopped(generation, detail, at_ms).await
+                }
             }
         }
     }
@@ -1038,7 +1055,7 @@ impl Actor {
         ));
     }
 
-    async fn stopped(&mut self, generation: u64, detail: String) {
+    async fn stopped(&mut self, generation: u64, detail: String, at_ms: u64) {
         if !matches!(self.phase, Phase::Stopping(g) if g == generation) {
             return;
         }
@@ -1051,8 +1068,10 @@ impl Actor {
         // `finish_stop` recorded the transition; mirror it in the status.
         self.shared().status.send_modify(|s| {
             s.state = SandboxState::Asleep;
-            s.since_ms = unix_ms();
+            s.since_ms = at_ms;
             if let Some(stop) = s.last_stop.as_mut() {
+                // As the row has it: stopped when it was gone.
+                stop.at_ms = at_ms;
                 stop.detail = Some(detail);
             }
         });
@@ -1219,6 +1238,7 @@ async fn finish_stop(
     let _ = handle.tx.send(Command::Stopped(
         sandbox.generation,
         t.detail.unwrap_or_default(),
+        t.at_ms,
     ));
 }
 

@@ -1053,3 +1053,30 @@ async fn status_shows_the_phase_of_a_start_and_how_long_it_has_taken() {
     let ready = gw.status("user_a").await;
     assert!(ready.get("phase").is_none(), "{ready}");
 }
+
+#[tokio::test]
+async fn a_sleeping_tenants_status_keeps_its_last_stop_once_an_actor_holds_it() {
+    let mut gw = Gateway::start("sleep_after = \"300ms\"");
+    let mut ws = gw.ws("user_a").await;
+    echo(&mut ws, "hello").await;
+    drop(ws);
+    gw.wait_for_state("user_a", "asleep", Duration::from_secs(10))
+        .await;
+    let before = gw.status("user_a").await;
+    assert_eq!(before["last_stop"]["cause"], "idle", "{before}");
+    // A new gateway knows the tenant by its row; an operator's restore makes it an
+    // actor without starting anything.
+    gw.restart();
+    let reply = gw
+        .admin(
+            http::Method::POST,
+            "/admin/api/tenants/user_a/restore?seq=1",
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let after = gw.status("user_a").await;
+    assert_eq!(after["state"], "asleep");
+    assert_eq!(after["since_ms"], before["since_ms"], "{after}");
+    assert_eq!(after["last_stop"], before["last_stop"], "{after}");
+}
