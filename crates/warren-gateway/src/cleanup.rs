@@ -30,7 +30,7 @@ use warren_core::{ErrorCode, TenantId};
 use warren_state::{SandboxRecord, Transition};
 
 use crate::edge::Edge;
-use crate::schedule::{WorkerState, WorkerStatus};
+use crate::schedule::{WorkerState, WorkerStatus, next_run};
 use crate::unix_ms;
 
 /// How the event of a workspace removal begins.
@@ -172,26 +172,8 @@ impl CleanupWorker {
         mut stop: watch::Receiver<bool>,
     ) {
         let apply = edge.ctx.config.cleanup.enabled;
-        let mut ran: Option<chrono::DateTime<chrono::Utc>> = None;
-        loop {
-            // After the last run, even if the wall clock is behind it (a timer that woke
-            // early must not run the same occurrence twice).
-            let now = chrono::Utc::now();
-            let after = ran.map_or(now, |r| r.max(now));
-            let Ok(next) = schedule.find_next_occurrence(&after, false) else {
-                tracing::warn!(
-                    "the cleanup schedule has no next occurrence; the cleanup worker stops"
-                );
-                self.state.update(|s| s.next_run_ms = None);
-                return;
-            };
-            self.state
-                .update(|s| s.next_run_ms = Some(next.timestamp_millis() as u64));
-            let wait = (next - now).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+        let mut ran = None;
+        while let Some(next) = next_run(&schedule, ran, &self.state, &mut stop).await {
             let _ = self.run_once(&edge, apply, &stop).await;
             ran = Some(next);
         }

@@ -121,20 +121,37 @@ impl SweepWorker {
         schedule: Cron,
         mut stop: watch::Receiver<bool>,
     ) {
-        loop {
-            let now = chrono::Utc::now();
-            let Ok(next) = schedule.find_next_occurrence(&now, false) else {
-                tracing::warn!("the sweep schedule has no next occurrence; the sweep worker stops");
-                return;
-            };
-            self.update(|s| s.next_run_ms = Some(next.timestamp_millis() as u64));
-            let wait = (next - now).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+        let mut ran = None;
+        while let Some(next) = next_run(&schedule, ran, &self.state, &mut stop).await {
             let _ = self.run_once(&edge, &|_| {}).await;
+            ran = Some(next);
         }
+    }
+}
+
+/// Waits for `schedule`'s next occurrence after `ran` (the last run's) or now,
+/// whichever is later: a timer that woke early against a slewed clock must not run
+/// the same occurrence twice. `state` shows when it is. `None`: `stop` turned true, or
+/// the schedule has no occurrence left (then the worker stops, and says so).
+pub async fn next_run(
+    schedule: &Cron,
+    ran: Option<chrono::DateTime<chrono::Utc>>,
+    state: &WorkerState,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let now = chrono::Utc::now();
+    let after = ran.map_or(now, |r| r.max(now));
+    let Ok(next) = schedule.find_next_occurrence(&after, false) else {
+        let name = state.get().name;
+        tracing::warn!("the {name} schedule has no next occurrence; the {name} worker stops");
+        state.update(|s| s.next_run_ms = None);
+        return None;
+    };
+    state.update(|s| s.next_run_ms = Some(next.timestamp_millis() as u64));
+    let wait = (next - now).to_std().unwrap_or_default();
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => Some(next),
+        _ = stop.wait_for(|s| *s) => None,
     }
 }
 
