@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod human;
 pub mod layout;
 pub mod sandbox;
 pub mod secret;

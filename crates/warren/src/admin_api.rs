@@ -174,16 +174,6 @@ pub async fn call_with(
     Ok(())
 }
 
-/// `12.3 KB`, `4.0 MB`: bytes for people.
-pub fn human_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / (1u64 << 30) as f64),
-        n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KB", n as f64 / 1024.0),
-        n => format!("{n} B"),
-    }
-}
-
 /// Runs a future on a small runtime, for a CLI verb.
 pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     Ok(tokio::runtime::Builder::new_current_thread()
@@ -192,29 +182,9 @@ pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
         .block_on(f))
 }
 
-/// `12 s ago`: how long before now a time in ms since the Unix epoch was.
+/// `12 s ago`: how long before now `at_ms` (ms since the Unix epoch) was.
 pub fn ago(at_ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let secs = now.saturating_sub(at_ms) / 1000;
-    match secs {
-        0..=1 => "just now".into(),
-        2..=119 => format!("{secs} s ago"),
-        120..=7199 => format!("{} min ago", secs / 60),
-        7200..=172_799 => format!("{} h ago", secs / 3600),
-        _ => format!("{} days ago", secs / 86_400),
-    }
-}
-
-/// `850 ms`, `12.3 s`: a duration in milliseconds for people.
-pub fn human_ms(ms: f64) -> String {
-    match ms {
-        ms if ms < 1000.0 => format!("{ms:.0} ms"),
-        ms if ms < 60_000.0 => format!("{:.1} s", ms / 1000.0),
-        ms if ms < 3_600_000.0 => format!("{:.1} min", ms / 60_000.0),
-        ms => format!("{:.1} h", ms / 3_600_000.0),
-    }
+    warren_core::human::ago(warren_gateway::unix_ms(), at_ms)
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.

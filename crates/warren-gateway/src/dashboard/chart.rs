@@ -6,9 +6,10 @@
 
 use std::fmt::Write as _;
 
+use warren_core::human;
 use warren_core::sandbox::{SandboxState, StopCause};
 
-use super::render::{esc, ms_text};
+use super::render::esc;
 use crate::admin::tenants::EventView;
 
 /// Minutes shown.
@@ -111,7 +112,7 @@ impl Starts {
     /// The starts view: summary cards, the two charts, each phase's p50 and p95.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let p = |q| percentile(&self.totals, q).map_or("–".into(), ms_text);
+        let p = |q| percentile(&self.totals, q).map_or("–".into(), human::millis);
         let _ = write!(
             out,
             "<h2>Starts in the last hour</h2><div class=\"cards\" id=\"start-summary\">\
@@ -139,7 +140,7 @@ impl Starts {
             );
         }
         for (name, times) in &self.phases {
-            let q = |p| percentile(times, p).map_or("–".into(), ms_text);
+            let q = |p| percentile(times, p).map_or("–".into(), human::millis);
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
@@ -206,7 +207,7 @@ impl Starts {
         let mut svg = frame(
             "cold-start-chart",
             "Cold-start time per minute",
-            &ms_text(top),
+            &human::millis(top),
         );
         let at = |i: usize, ms: f64| (X0 + (i as f64 + 0.5) * STEP, Y0 + PLOT_H * (1.0 - ms / top));
         for (class, pick) in [("p50", 1), ("p95", 2)] {
@@ -227,8 +228,8 @@ impl Starts {
             let title = format!(
                 "{} min ago: p50 {}, p95 {}",
                 MINUTES - i,
-                ms_text(*p50),
-                ms_text(*p95)
+                human::millis(*p50),
+                human::millis(*p95)
             );
             let (x, y50) = at(*i, *p50);
             let (_, y95) = at(*i, *p95);

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use warren_core::human;
 use warren_core::sandbox::SandboxState;
 
 use crate::admin::tenants::{Capacity, EventView, TenantDetail, TenantView};
@@ -47,33 +48,6 @@ pub fn query_value(text: &str) -> String {
         .collect()
 }
 
-/// `850 ms`, `12.3 s`: a duration in milliseconds for people.
-pub fn ms_text(ms: f64) -> String {
-    if ms < 10.0 {
-        format!("{ms:.1} ms")
-    } else if ms < 1000.0 {
-        format!("{ms:.0} ms")
-    } else if ms < 60_000.0 {
-        format!("{:.1} s", ms / 1000.0)
-    } else if ms < 3_600_000.0 {
-        format!("{:.1} min", ms / 60_000.0)
-    } else {
-        format!("{:.1} h", ms / 3_600_000.0)
-    }
-}
-
-/// `12 s ago`, from a time in ms since the Unix epoch.
-pub fn ago(now_ms: u64, at_ms: u64) -> String {
-    let secs = now_ms.saturating_sub(at_ms) / 1000;
-    match secs {
-        0..=1 => "just now".into(),
-        2..=119 => format!("{secs} s ago"),
-        120..=7199 => format!("{} min ago", secs / 60),
-        7200..=172_799 => format!("{} h ago", secs / 3600),
-        _ => format!("{} days ago", secs / 86_400),
-    }
-}
-
 /// `14:03:27 UTC`, or the date too when not today.
 pub fn clock(now_ms: u64, at_ms: u64) -> String {
     let at = chrono::DateTime::from_timestamp_millis(at_ms as i64).unwrap_or_default();
@@ -82,16 +56,6 @@ pub fn clock(now_ms: u64, at_ms: u64) -> String {
         at.format("%H:%M:%S UTC").to_string()
     } else {
         at.format("%Y-%m-%d %H:%M UTC").to_string()
-    }
-}
-
-/// `12.0 MiB`: bytes for people.
-pub fn bytes_text(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
     }
 }
 
@@ -153,7 +117,10 @@ fn capacity_cards(cap: &Capacity) -> String {
 
 fn snapshot_cell(v: &TenantView, now_ms: u64) -> String {
     match (v.status.sync.seq, v.status.sync.last_sync_ms) {
-        (Some(seq), Some(at)) => format!("#{seq} <span class=\"muted\">{}</span>", ago(now_ms, at)),
+        (Some(seq), Some(at)) => format!(
+            "#{seq} <span class=\"muted\">{}</span>",
+            human::ago(now_ms, at)
+        ),
         (Some(seq), None) => format!("#{seq}"),
         _ => dash(),
     }
@@ -165,7 +132,7 @@ fn lag_cell(v: &TenantView) -> String {
             "<span class=\"bad\" title=\"{}\">failing</span>",
             esc(v.status.sync.last_error.as_deref().unwrap_or_default())
         ),
-        (Some(lag), None) => ms_text(lag as f64),
+        (Some(lag), None) => human::millis(lag as f64),
         (None, None) => "<span class=\"muted\">in sync</span>".into(),
     }
 }
@@ -176,15 +143,15 @@ fn memory_cell(v: &TenantView) -> String {
         .as_ref()
         .and_then(|r| r.memory_bytes.map(|m| (m, r.memory_limit_bytes)))
     {
-        Some((m, Some(limit))) => format!("{} / {}", bytes_text(m), bytes_text(limit)),
-        Some((m, None)) => bytes_text(m),
+        Some((m, Some(limit))) => format!("{} / {}", human::bytes(m), human::bytes(limit)),
+        Some((m, None)) => human::bytes(m),
         None => dash(),
     }
 }
 
 fn cpu_cell(v: &TenantView) -> String {
     match v.resources.as_ref().and_then(|r| r.cpu_ms) {
-        Some(ms) => ms_text(ms as f64),
+        Some(ms) => human::millis(ms as f64),
         None => dash(),
     }
 }
@@ -228,7 +195,8 @@ pub fn sandboxes(views: &[TenantView], cap: &Capacity, now_ms: u64) -> String {
             s.tier.as_deref().map_or_else(dash, esc),
             esc(&s.instance_type),
             esc(&s.agent),
-            v.last_activity_ms.map_or_else(dash, |at| ago(now_ms, at)),
+            v.last_activity_ms
+                .map_or_else(dash, |at| human::ago(now_ms, at)),
             snapshot_cell(v, now_ms),
             lag_cell(v),
             memory_cell(v),
@@ -304,7 +272,7 @@ pub fn capacity(views: &[TenantView], cap: &Capacity, max_delay_ms: u64, now_ms:
          to reach the store; the sync engine's bound is {} (sync.max_delay).</p>\
          <table id=\"sync-lag\"><thead><tr><th>tenant</th><th>lag</th><th></th>\
          <th>snapshot</th><th>last error</th></tr></thead><tbody>",
-        ms_text(max_delay_ms as f64)
+        human::millis(max_delay_ms as f64)
     );
     let running: Vec<&TenantView> = views
         .iter()
@@ -362,7 +330,7 @@ fn events_table(events: &[EventView], now_ms: u64) -> String {
              <td class=\"detail\">{}</td></tr>",
             esc(&e.tenant),
             e.state.as_str(),
-            ago(now_ms, e.at_ms),
+            human::ago(now_ms, e.at_ms),
             clock(now_ms, e.at_ms),
             tenant_link(&e.tenant),
             state_badge(e.state.as_str()),
@@ -392,7 +360,7 @@ pub fn tenant(d: &TenantDetail, now_ms: u64) -> String {
             format!(
                 "{} since {}",
                 esc(s.state.as_str()),
-                ago(now_ms, s.since_ms)
+                human::ago(now_ms, s.since_ms)
             ),
         ),
         ("tier", s.tier.as_deref().map_or_else(dash, esc)),
@@ -401,7 +369,8 @@ pub fn tenant(d: &TenantDetail, now_ms: u64) -> String {
         ("network", esc(&format!("{:?}", s.network).to_lowercase())),
         (
             "last activity",
-            v.last_activity_ms.map_or_else(dash, |at| ago(now_ms, at)),
+            v.last_activity_ms
+                .map_or_else(dash, |at| human::ago(now_ms, at)),
         ),
         ("memory", memory_cell(v)),
         ("CPU time", cpu_cell(v)),
@@ -413,7 +382,7 @@ pub fn tenant(d: &TenantDetail, now_ms: u64) -> String {
             format!(
                 "{} ({} so far)",
                 esc(phase.name),
-                ms_text(phase.elapsed_ms as f64)
+                human::millis(phase.elapsed_ms as f64)
             ),
         ));
     }
@@ -423,7 +392,7 @@ pub fn tenant(d: &TenantDetail, now_ms: u64) -> String {
             format!(
                 "{}, {} <span class=\"muted\">{}</span>",
                 esc(stop.cause.as_str()),
-                ago(now_ms, stop.at_ms),
+                human::ago(now_ms, stop.at_ms),
                 esc(stop.detail.as_deref().unwrap_or_default())
             ),
         ));
@@ -432,9 +401,9 @@ pub fn tenant(d: &TenantDetail, now_ms: u64) -> String {
         (Some(last), Some(n)) => format!(
             "#{} of {n}, {} ({} files, {})",
             last.seq,
-            ago(now_ms, last.created_ms),
+            human::ago(now_ms, last.created_ms),
             last.files,
-            bytes_text(last.bytes)
+            human::bytes(last.bytes)
         ),
         (None, Some(0)) => "none yet".into(),
         _ => dash(),
@@ -472,7 +441,7 @@ pub fn workers(workers: &[WorkerStatus], now_ms: u64) -> String {
     );
     for w in workers {
         let next = w.next_run_ms.map_or_else(dash, |at| {
-            format!("in {}", ms_text(at.saturating_sub(now_ms) as f64))
+            format!("in {}", human::millis(at.saturating_sub(now_ms) as f64))
         });
         let _ = write!(
             out,
@@ -483,7 +452,7 @@ pub fn workers(workers: &[WorkerStatus], now_ms: u64) -> String {
             state_badge(w.state),
             w.runs,
             w.errors,
-            w.last_run_ms.map_or_else(dash, |at| ago(now_ms, at)),
+            w.last_run_ms.map_or_else(dash, |at| human::ago(now_ms, at)),
             next,
             esc(w.last_error.as_deref().unwrap_or_default()),
         );
@@ -508,13 +477,13 @@ mod tests {
 
     #[test]
     fn durations_and_ages_read_as_people_say_them() {
-        assert_eq!(ms_text(3.25), "3.2 ms");
-        assert_eq!(ms_text(850.0), "850 ms");
-        assert_eq!(ms_text(12_300.0), "12.3 s");
-        assert_eq!(ago(100_000, 99_500), "just now");
-        assert_eq!(ago(100_000, 40_000), "60 s ago");
-        assert_eq!(ago(10_000_000, 0), "2 h ago");
-        assert_eq!(bytes_text(3 << 20), "3.0 MiB");
+        assert_eq!(human::millis(3.25), "3.2 ms");
+        assert_eq!(human::millis(850.0), "850 ms");
+        assert_eq!(human::millis(12_300.0), "12.3 s");
+        assert_eq!(human::ago(100_000, 99_500), "just now");
+        assert_eq!(human::ago(100_000, 40_000), "60 s ago");
+        assert_eq!(human::ago(10_000_000, 0), "2 h ago");
+        assert_eq!(human::bytes(3 << 20), "3.0 MiB");
     }
 
     #[test]

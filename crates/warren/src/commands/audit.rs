@@ -9,7 +9,9 @@ use serde_json::Value;
 use warren_core::config::{Config, INSTANCE_TYPES, InstanceSize};
 use warren_core::duration::SleepAfter;
 
-use crate::admin_api::{Target, block_on, call, human_bytes};
+use warren_core::human;
+
+use crate::admin_api::{Target, block_on, call};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -605,7 +607,7 @@ fn findings(config: &Config, inputs: &Inputs, usage: &Usage, capacity: &Capacity
             format!(
                 "{} sandboxes of {} each fit in 90% of this machine's memory; max_instances allows {}.",
                 fit,
-                human_bytes(
+                human::bytes(
                     capacity
                         .memory_per_sandbox_bytes
                         .unwrap_or(size_of(config, &config.instance_type).memory_mib << 20)
@@ -735,7 +737,7 @@ fn markdown(r: &Report) -> String {
         let _ = writeln!(out, "| {} | {} | {} |", s.setting, s.value, s.notes);
     }
     let c = &r.capacity;
-    let bytes = |b: Option<u64>| b.map_or("not measured".into(), human_bytes);
+    let bytes = |b: Option<u64>| b.map_or("not measured".into(), human::bytes);
     let _ = writeln!(out, "\n## Scaling Capacity\n\n### Sandboxes");
     let _ = writeln!(
         out,

@@ -4,7 +4,9 @@
 use http::Method;
 use warren_core::TenantId;
 
-use crate::admin_api::{Online, cell, human_ms};
+use warren_core::human;
+
+use crate::admin_api::{Online, cell};
 use crate::settings::parse_tenant;
 
 #[derive(clap::Args, Debug)]
@@ -24,7 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let took = answer["start_ms"].as_f64().map_or(String::new(), |ms| {
-        format!(" (started in {})", human_ms(ms))
+        format!(" (started in {})", human::millis(ms))
     });
     println!(
         "{}: restarted, now {}{took}",

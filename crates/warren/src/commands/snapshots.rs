@@ -3,7 +3,9 @@
 use http::Method;
 use warren_core::TenantId;
 
-use crate::admin_api::{Target, block_on, call, human_bytes};
+use warren_core::human;
+
+use crate::admin_api::{Target, block_on, call};
 use crate::settings::{parse_tenant, sync_engine, writer_id};
 
 #[derive(clap::Args, Debug)]
@@ -31,7 +33,7 @@ fn print(list: &[serde_json::Value]) {
             s["seq"],
             created,
             s["files"],
-            human_bytes(s["bytes"].as_u64().unwrap_or(0)),
+            human::bytes(s["bytes"].as_u64().unwrap_or(0)),
             s["writer"].as_str().unwrap_or("")
         );
     }

@@ -4,7 +4,9 @@
 use http::Method;
 use warren_store::engine::{SweepItem, SweepReport};
 
-use crate::admin_api::{Target, block_on, call, human_bytes};
+use warren_core::human;
+
+use crate::admin_api::{Target, block_on, call};
 use crate::settings::{sync_engine, writer_id};
 
 #[derive(clap::Args, Debug)]
@@ -22,7 +24,7 @@ fn print_item(item: &serde_json::Value) {
         Some(error) => println!("{tenant}: FAILED: {error}"),
         None if item["created"].as_bool() == Some(true) => println!(
             "{tenant}: snapshot {seq} ({} uploaded, {} ms)",
-            human_bytes(item["bytes_uploaded"].as_u64().unwrap_or(0)),
+            human::bytes(item["bytes_uploaded"].as_u64().unwrap_or(0)),
             item["elapsed_ms"]
         ),
         None => println!("{tenant}: unchanged (snapshot {seq})"),
@@ -37,7 +39,7 @@ fn finish(report: &serde_json::Value) -> anyhow::Result<()> {
         report["tenants"],
         report["snapshots_created"],
         report["unchanged"],
-        human_bytes(report["bytes_uploaded"].as_u64().unwrap_or(0)),
+        human::bytes(report["bytes_uploaded"].as_u64().unwrap_or(0)),
         report["elapsed_ms"]
     );
     anyhow::ensure!(failed == 0, "{failed} tenants could not be synced");

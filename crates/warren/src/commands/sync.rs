@@ -3,7 +3,9 @@
 use http::Method;
 use warren_core::TenantId;
 
-use crate::admin_api::{Target, block_on, call, human_bytes};
+use warren_core::human;
+
+use crate::admin_api::{Target, block_on, call};
 use crate::settings::{parse_tenant, sync_engine, writer_id};
 
 #[derive(clap::Args, Debug)]
@@ -21,7 +23,7 @@ fn print(tenant: &str, v: &serde_json::Value) {
         println!(
             "{tenant}: snapshot {seq} ({} chunks, {} uploaded, frozen {} ms, {} ms)",
             v["chunks_uploaded"],
-            human_bytes(v["bytes_uploaded"].as_u64().unwrap_or(0)),
+            human::bytes(v["bytes_uploaded"].as_u64().unwrap_or(0)),
             v["frozen_ms"],
             v["elapsed_ms"]
         );

@@ -4,7 +4,9 @@
 use http::Method;
 use warren_core::TenantId;
 
-use crate::admin_api::{Online, ago, cell, human_bytes, human_ms};
+use warren_core::human;
+
+use crate::admin_api::{Online, ago, cell};
 use crate::settings::parse_tenant;
 
 #[derive(clap::Args, Debug)]
@@ -62,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     ));
     if let Some(lag) = t["sync_lag_ms"].as_u64() {
-        facts.push(("sync lag", human_ms(lag as f64)));
+        facts.push(("sync lag", human::millis(lag as f64)));
     }
     if let Some(error) = sync["last_error"].as_str() {
         facts.push(("sync error", error.to_owned()));
@@ -76,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 cell(&t["snapshots"]),
                 when(&last["created_ms"]),
                 cell(&last["files"]),
-                human_bytes(last["bytes"].as_u64().unwrap_or(0))
+                human::bytes(last["bytes"].as_u64().unwrap_or(0))
             ),
             None => "none".into(),
         },
@@ -88,11 +90,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(memory) = resources["memory_bytes"].as_u64() {
         let limit = resources["memory_limit_bytes"]
             .as_u64()
-            .map_or(String::new(), |l| format!(" of {}", human_bytes(l)));
-        facts.push(("memory", format!("{}{limit}", human_bytes(memory))));
+            .map_or(String::new(), |l| format!(" of {}", human::bytes(l)));
+        facts.push(("memory", format!("{}{limit}", human::bytes(memory))));
     }
     if let Some(cpu) = resources["cpu_ms"].as_u64() {
-        facts.push(("CPU time", human_ms(cpu as f64)));
+        facts.push(("CPU time", human::millis(cpu as f64)));
     }
     println!("{}", cell(&t["tenant"]));
     for (k, v) in facts {

@@ -4,7 +4,9 @@
 
 use http::Method;
 
-use crate::admin_api::{Online, ago, cell, human_bytes, human_ms, print_table};
+use warren_core::human;
+
+use crate::admin_api::{Online, ago, cell, print_table};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -41,8 +43,8 @@ fn row(t: &serde_json::Value) -> Vec<String> {
         resources["memory_bytes"].as_u64(),
         resources["memory_limit_bytes"].as_u64(),
     ) {
-        (Some(m), Some(limit)) => format!("{}/{}", human_bytes(m), human_bytes(limit)),
-        (Some(m), None) => human_bytes(m),
+        (Some(m), Some(limit)) => format!("{}/{}", human::bytes(m), human::bytes(limit)),
+        (Some(m), None) => human::bytes(m),
         _ => "-".into(),
     };
     let lag = match (
@@ -50,7 +52,7 @@ fn row(t: &serde_json::Value) -> Vec<String> {
         t["sync_lag_ms"].as_u64(),
     ) {
         (Some(_), _) => "failing".into(),
-        (None, Some(lag)) => human_ms(lag as f64),
+        (None, Some(lag)) => human::millis(lag as f64),
         (None, None) => "-".into(),
     };
     vec![
@@ -67,6 +69,6 @@ fn row(t: &serde_json::Value) -> Vec<String> {
         memory,
         resources["cpu_ms"]
             .as_u64()
-            .map_or("-".into(), |ms| human_ms(ms as f64)),
+            .map_or("-".into(), |ms| human::millis(ms as f64)),
     ]
 }

@@ -4,7 +4,9 @@
 
 use http::Method;
 
-use crate::admin_api::{Online, ago, cell, human_ms, print_table};
+use warren_core::human;
+
+use crate::admin_api::{Online, ago, cell, print_table};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,7 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 cell(&w["errors"]),
                 w["last_run_ms"].as_u64().map_or("-".into(), ago),
                 w["next_run_ms"].as_u64().map_or("-".into(), |at| {
-                    format!("in {}", human_ms(at.saturating_sub(now_ms) as f64))
+                    format!("in {}", human::millis(at.saturating_sub(now_ms) as f64))
                 }),
                 cell(&w["last_error"]),
             ]
