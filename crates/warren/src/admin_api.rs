@@ -75,6 +75,16 @@ pub struct Online {
     pub config: ConfigArgs,
 }
 
+/// One tenant, asked about through the running gateway (`tenant`, `stop`, `restart`).
+#[derive(clap::Args, Debug)]
+pub struct OneTenant {
+    /// The tenant (user) id.
+    #[arg(value_parser = crate::settings::parse_tenant)]
+    pub tenant: warren_core::TenantId,
+    #[command(flatten)]
+    pub online: Online,
+}
+
 impl Online {
     /// Calls the admin API and returns its JSON answer, with the config it used.
     pub fn call(&self, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {

@@ -3,19 +3,10 @@
 //! tenant's next request starts it again.
 
 use http::Method;
-use warren_core::TenantId;
 
-use crate::admin_api::{Online, cell};
-use crate::settings::parse_tenant;
+use crate::admin_api::cell;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// The tenant (user) id.
-    #[arg(value_parser = parse_tenant)]
-    tenant: TenantId,
-    #[command(flatten)]
-    online: Online,
-}
+pub use crate::admin_api::OneTenant as Args;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = format!("/admin/api/tenants/{}/stop", args.tenant);
