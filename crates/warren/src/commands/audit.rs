@@ -216,7 +216,7 @@ struct Cost {
 }
 
 fn audit(config: &Config, base: &str, inputs: &Inputs) -> Report {
-    let usage = usage(config, inputs);
+    let usage = usage(inputs);
     let capacity = capacity(config, inputs, &usage);
     let findings = findings(config, inputs, &usage, &capacity);
     let costs = costs(config, inputs, &usage, &capacity);
@@ -350,8 +350,7 @@ fn runs(state: &str) -> bool {
     matches!(state, "starting" | "ready" | "stopping")
 }
 
-fn usage(config: &Config, inputs: &Inputs) -> Usage {
-    let _ = config;
+fn usage(inputs: &Inputs) -> Usage {
     // Oldest first: each tenant's running intervals, and how many run at once.
     let mut events: Vec<(&str, u64, &str, Option<&str>)> = inputs
         .events
