@@ -196,6 +196,8 @@ struct Usage {
     cold_start_p95_seconds: Option<f64>,
     admission_rejections: u64,
     oom_kills: u64,
+    /// Running sandboxes at once, at most, in the event window.
+    peak_running: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -409,6 +411,7 @@ fn usage(inputs: &Inputs) -> Usage {
         cold_start_p95_seconds: histogram_quantile(m, "warren_start_seconds", 0.95),
         admission_rejections: metric_sum(m, "warren_admission_rejections_total", "") as u64,
         oom_kills,
+        peak_running: measured.then_some(peak),
     }
 }
 
@@ -465,9 +468,7 @@ fn capacity(config: &Config, inputs: &Inputs, usage: &Usage) -> Capacity {
         tenants_known,
         running,
         max_instances: config.max_instances as u64,
-        peak_running: usage.concurrency.map_or(running, |c| {
-            (c * usage.active_tenants as f64).round() as u64
-        }),
+        peak_running: usage.peak_running.unwrap_or(running),
         memory_total_bytes: inputs.memory_total,
         memory_per_sandbox_bytes: per_sandbox,
         sandboxes_that_fit: fit,
